@@ -1,0 +1,150 @@
+"""Compact events that cross process boundaries, and the typed views strategies see.
+
+On the wire (producer → consumer) a market event is a plain tuple whose first
+item is its kind; plain tuples are the cheapest thing to encode in batches.
+Strategies receive the `Trade`, `Quote` and `Bar` named tuples, built only
+when a strategy asks for that kind of event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+# Wire kinds (first item of a wire tuple).
+TRADE = 0  # (TRADE, symbol, ts_ns, price, size, recv_ns)
+QUOTE = 1  # (QUOTE, symbol, ts_ns, bid, bid_size, ask, ask_size, recv_ns)
+BAR = 2  # (BAR, symbol, ts_ns, open, high, low, close, volume, recv_ns)
+MALFORMED = 3  # (MALFORMED, symbol, ts_ns, reason, recv_ns)
+
+KIND_NAMES = {TRADE: "trade", QUOTE: "quote", BAR: "bar", MALFORMED: "malformed"}
+
+
+class Trade(NamedTuple):
+    """One trade print. `ts` is data time in ns (UTC)."""
+
+    symbol: str
+    ts: int
+    price: float
+    size: float
+
+
+class Quote(NamedTuple):
+    """Top of book. `ts` is data time in ns (UTC)."""
+
+    symbol: str
+    ts: int
+    bid: float
+    bid_size: float
+    ask: float
+    ask_size: float
+
+
+class Bar(NamedTuple):
+    """One OHLCV bar; `ts` is the bar's start in ns (UTC), like Alpaca's bars."""
+
+    symbol: str
+    ts: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+
+# Control messages, sent on the same channels as event batches so they keep order.
+
+
+@dataclass(frozen=True)
+class Start:
+    """Tells a consumer the shared clock and that events follow."""
+
+    clock: object  # liu.clock.ClockSpec; typed loosely to keep this module import-light
+
+
+@dataclass(frozen=True)
+class Assign:
+    """Symbols a scanner picked, with the strategies that should trade them (empty = all)."""
+
+    symbols: tuple[str, ...]
+    strategies: tuple[str, ...] = ()
+    scanner: str = ""
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Asks the receiver to drain, flush and exit; `reason` is recorded on the runs."""
+
+    reason: str = "stop"
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    """Scanner runner → producer: subscribe these symbols and assign them."""
+
+    assign: Assign
+
+
+@dataclass(frozen=True)
+class SourceEnded:
+    """Producer → main: the source said it has no more data (replay finished)."""
+
+    events: int = 0
+
+
+@dataclass
+class ConsumerReport:
+    """What a consumer hands back when it exits."""
+
+    index: int
+    received: int = 0
+    processed: int = 0
+    stale: int = 0
+    malformed: int = 0
+    strategy_errors: int = 0
+    orders: int = 0
+    rejected: int = 0
+    symbols: list[str] = field(default_factory=list)
+    fills: list[dict] = field(default_factory=list)
+    strategies: dict[str, dict] = field(default_factory=dict)
+
+
+@dataclass
+class Order:
+    """An order a strategy returns; build it with `ctx.buy(...)` / `ctx.sell(...)`.
+
+    `stop` and `target` are the strategy's protective stop and profit target.
+    They are recorded with the order and its fills (for r-units); the strategy
+    decides when to exit.
+    """
+
+    symbol: str
+    side: str  # "buy" | "sell"
+    qty: float
+    type: str = "market"  # "market" | "limit"
+    limit_price: float | None = None
+    stop: float | None = None
+    target: float | None = None
+    strategy: str = ""
+    client_order_id: str = ""
+    submitted_ts: int = 0  # data time, ns
+    status: str = "new"  # new | filled | rejected | canceled
+    reason: str = ""
+    indicators: dict | None = None
+
+
+@dataclass(frozen=True)
+class Fill:
+    """One execution of an order, as the broker reports it."""
+
+    client_order_id: str
+    strategy: str
+    symbol: str
+    side: str
+    qty: float
+    price: float
+    fee: float
+    ts: int  # data time, ns
+    stop: float | None = None
+    target: float | None = None
+    indicators: dict | None = None
