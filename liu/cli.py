@@ -1,0 +1,77 @@
+"""`trader`: run a trading session, or manage the database.
+
+trader [run] [--plan tradeplan.toml] [--summary-json PATH]
+trader db upgrade [--plan tradeplan.toml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from liu.errors import LiuError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trader", description="liu trading daemon")
+    p.add_argument(
+        "--plan", type=Path, default=Path("tradeplan.toml"), help="tradeplan file (default ./tradeplan.toml)"
+    )
+    p.add_argument(
+        "--summary-json", type=Path, default=None, help="also write the end-of-session summary here"
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("run", help="run a trading session (the default)")
+    db = sub.add_parser("db", help="database commands")
+    db.add_argument("action", choices=["upgrade"], help="apply Alembic migrations up to head")
+    return p
+
+
+def _db_upgrade(plan_path: Path, console: Console) -> int:
+    from liu.plan import load_plan
+    from liu.store import EmbeddedPostgres, redact_dsn, upgrade
+
+    plan = load_plan(plan_path)
+    dsn = plan.database.resolve_dsn()
+    embedded = None
+    if dsn is None:
+        embedded = EmbeddedPostgres.start(plan.path(plan.database.data_dir))
+        dsn = embedded.dsn
+    try:
+        upgrade(dsn)
+        console.print(f"database {redact_dsn(dsn)} is at head")
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    console = Console()
+    try:
+        from dotenv import load_dotenv
+
+        load_dotenv(Path.cwd() / ".env")
+        if args.command == "db":
+            return _db_upgrade(args.plan, console)
+        from liu.daemon import run
+        from liu.plan import load_plan
+
+        return run(load_plan(args.plan), console, args.summary_json)
+    except LiuError as e:
+        console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

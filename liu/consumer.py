@@ -1,0 +1,232 @@
+"""A consumer process: one symbol shard's strategies, paper broker and trade writer.
+
+It reads its channel with `loop.add_reader` (the event loop never blocks on
+the queue), drops events older than `stale_after` by the shared clock, and
+hands every batch to the `StrategyRunner`. Orders and fills are written to
+PostgreSQL in batches. It exits on `Stop` after draining what it was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+from liu.brokers.account import Account
+from liu.brokers.paper import PaperBroker
+from liu.clock import Clock
+from liu.events import Assign, ConsumerReport, Start, Stop
+from liu.plan import TradePlan
+from liu.plugins import instantiate
+from liu.runner import Keystore, StrategyRunner
+from liu.stats import SharedStats
+from liu.strategy import Strategy
+from liu.transport import BATCH, ChannelReader
+
+log = logging.getLogger(__name__)
+_MAX_QUEUED = 64  # frames held in memory before reading pauses (the backlog then shows at the producer)
+
+
+@dataclass
+class ConsumerSetup:
+    """Everything a consumer process needs; picklable so it crosses the process start."""
+
+    index: int
+    plan: TradePlan
+    batch_id: str
+    run_ids: dict[str, int]
+    dsn: str | None
+    account: Account
+    stats: SharedStats
+
+
+class Consumer:
+    """Drives a `StrategyRunner` from a channel; usable in-process by tests."""
+
+    def __init__(self, setup: ConsumerSetup, runner: StrategyRunner, writer=None, keystores=None) -> None:
+        self.setup = setup
+        self.runner = runner
+        self.writer = writer
+        self.keystores: dict[str, Keystore] = keystores or {}
+        self.clock: Clock | None = None
+        self._queue: collections.deque = collections.deque()
+        self._wake = asyncio.Event()
+        self._stop: Stop | None = None
+        self._eof = False
+        self._reader: ChannelReader | None = None
+        a, i = setup.stats.array, setup.index
+        self._a = a
+        self._idx = {
+            f: setup.stats.consumer_index(i, f)
+            for f in (
+                "received",
+                "processed",
+                "stale",
+                "malformed",
+                "strategy_errors",
+                "orders",
+                "rejected",
+                "fills",
+                "lag_us",
+            )
+        }
+
+    def on_frame(self, kind: int, payload) -> None:
+        self._queue.append((kind, payload))
+        self._wake.set()
+        if len(self._queue) > _MAX_QUEUED and self._reader is not None:
+            self._reader.pause()
+
+    def on_eof(self) -> None:
+        self._eof = True
+        self._wake.set()
+
+    async def run(self, reader: ChannelReader) -> None:
+        self._reader = reader
+        reader.resume()
+        await self.runner.start()
+        ticker = asyncio.create_task(self._tick())
+        try:
+            while True:
+                if not self._queue:
+                    if self._stop is not None or self._eof:
+                        break
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                kind, payload = self._queue.popleft()
+                if not reader.reading and len(self._queue) < _MAX_QUEUED // 2 and not self._eof:
+                    reader.resume()
+                if kind == BATCH:
+                    await self._batch(payload)
+                else:
+                    self._control(payload)
+        finally:
+            ticker.cancel()
+            await self.runner.stop()
+            self._publish()
+
+    async def _batch(self, batch: tuple) -> None:
+        clock = self.clock
+        now = clock.now_ns() if clock is not None and clock.realtime else None
+        lag = time.time_ns() - batch[0][-1]
+        await self.runner.process(batch, now)
+        self._a[self._idx["lag_us"]] = lag // 1000
+        self._publish()
+
+    def _control(self, msg) -> None:
+        if isinstance(msg, Start):
+            self.clock = Clock(msg.clock)
+        elif isinstance(msg, Assign):
+            self.runner.assign(msg.symbols, msg.strategies)
+        elif isinstance(msg, Stop):
+            self._stop = msg
+
+    def _publish(self) -> None:
+        a, idx, c = self._a, self._idx, self.runner.counts
+        for name in (
+            "received",
+            "processed",
+            "stale",
+            "malformed",
+            "strategy_errors",
+            "orders",
+            "rejected",
+            "fills",
+        ):
+            a[idx[name]] = c[name]
+
+    async def _tick(self) -> None:
+        """Housekeeping every 250 ms: close quiet symbols' bars (live only), save keystores."""
+        from liu.store import save_keystore
+
+        while True:
+            await asyncio.sleep(0.25)
+            if self.clock is not None and self.clock.realtime:
+                await self.runner.flush_bars(self.clock.now_ns())
+            await self._save_keystores(save_keystore)
+
+    async def _save_keystores(self, save) -> None:
+        if self.setup.dsn is None:
+            return
+        for name, ks in self.keystores.items():
+            items = ks.take_dirty()
+            if items:
+                await save(self.setup.dsn, name, items)
+
+    def report(self) -> ConsumerReport:
+        c = self.runner.counts
+        return ConsumerReport(
+            index=self.setup.index,
+            received=c["received"],
+            processed=c["processed"],
+            stale=c["stale"],
+            malformed=c["malformed"],
+            strategy_errors=c["strategy_errors"],
+            orders=c["orders"],
+            rejected=c["rejected"],
+            symbols=sorted(self.runner.seen | set(self.runner.last_price)),
+            strategies=self.runner.report(),
+            fills=[dataclasses.asdict(f) for f in self.runner.fill_log],
+        )
+
+
+def build_runner(setup: ConsumerSetup, keystores: dict[str, Keystore], sink=None) -> StrategyRunner:
+    """The runner for one consumer: paper broker on the shared account, the plan's strategies."""
+    plan = setup.plan
+    b = plan.broker
+    broker = PaperBroker(setup.account, b.fee_per_share, b.fee_bps, b.slippage_bps, b.not_shortable)
+    runner = StrategyRunner(
+        broker,
+        bars_from_trades=plan.source.bars == "trades",
+        order_prefix=f"{setup.batch_id[:8]}-{setup.index}-",
+        sink=sink,
+        stale_after_ns=int(plan.consumers.stale_after * 1e9),
+        portfolio_interval_ns=int(plan.session.portfolio_interval * 1e9),
+    )
+    for sp in plan.strategies:
+        strategy = instantiate(plan.path(sp.file), sp.class_, Strategy, sp.label, sp.config)
+        runner.add_strategy(
+            strategy, keystores.setdefault(sp.label, Keystore()), (sp.schedule.start, sp.schedule.end)
+        )
+    return runner
+
+
+def consumer_main(setup: ConsumerSetup, channel: Connection, results: Connection) -> None:
+    """Process entry point."""
+    import uvloop
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process coordinates shutdown
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s consumer-{setup.index} %(levelname)s %(name)s: %(message)s"
+    )
+
+    async def main() -> None:
+        from liu.store import TradeWriter, load_keystore
+
+        keystores: dict[str, Keystore] = {}
+        writer = None
+        if setup.dsn is not None:
+            for sp in setup.plan.strategies:
+                keystores[sp.label] = Keystore(await load_keystore(setup.dsn, sp.label))
+            writer = await TradeWriter.open(setup.dsn, setup.batch_id, setup.run_ids)
+        runner = build_runner(setup, keystores, writer)
+        consumer = Consumer(setup, runner, writer, keystores)
+        reader = ChannelReader(channel, consumer.on_frame, consumer.on_eof)
+        try:
+            await consumer.run(reader)
+        finally:
+            if writer is not None:
+                from liu.store import save_keystore
+
+                await consumer._save_keystores(save_keystore)
+                await writer.close()
+            results.send(consumer.report())
+
+    uvloop.run(main())

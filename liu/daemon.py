@@ -1,0 +1,484 @@
+"""The `trader` daemon: starts every part, supervises them, and ends the session cleanly.
+
+Main process: database, market-data server (sim/replay), scanner runner,
+progress and summary. Children: one producer and N consumers. Whatever ends
+the session (its duration, the end of a replay, SIGINT/SIGTERM, a consumer
+dying) goes through the same shutdown: stop the producer, let consumers drain
+and flush, close the `algo_run` rows with the reason, stop the servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import multiprocessing as mp
+import os
+import secrets
+import signal
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from rich.console import Console
+from rich.live import Live
+
+from liu.brokers.account import Account
+from liu.clock import NS, Clock, ClockSpec
+from liu.consumer import ConsumerSetup, consumer_main
+from liu.errors import ConfigError
+from liu.events import Assign, ConsumerReport, Start, Stop, Subscribe
+from liu.plan import TradePlan
+from liu.plugins import instantiate
+from liu.producer import producer_main
+from liu.progress import merge_strategies, progress_table, summary_tables
+from liu.scanner import Scanner as ScannerBase
+from liu.scanner import ScannerRunner, ScheduledScanner, SymbolInfo
+from liu.stats import SharedStats
+from liu.strategy import Strategy
+
+log = logging.getLogger("liu.daemon")
+NY = ZoneInfo("America/New_York")
+
+
+@dataclass
+class Session:
+    """What the main process tracks while the session runs."""
+
+    batch_id: str
+    consumers: int
+    reason: str | None = None
+    exit_code: int = 0
+    messages: list[tuple] = field(default_factory=list)
+    reports: dict[int, ConsumerReport] = field(default_factory=dict)
+    gaps: list[float] = field(default_factory=list)
+    source_events: int | None = None
+
+    def end(self, reason: str, exit_code: int = 0) -> None:
+        if self.reason is None:
+            self.reason = reason
+            self.exit_code = exit_code
+
+
+def _sim_epoch(plan: TradePlan) -> int:
+    """Market time the simulator starts at: today's `market_open` in New York."""
+    hh, mm = (int(x) for x in plan.session.market_open.split(":"))
+    today = datetime.now(NY).date()
+    start = datetime(today.year, today.month, today.day, hh, mm, tzinfo=NY)
+    return int(start.timestamp()) * NS
+
+
+def _feed_config(plan: TradePlan, key: str, secret: str) -> dict[str, Any]:
+    src = plan.source
+    base = {"host": "127.0.0.1", "port": 0, "key": key, "secret": secret}
+    if src.kind == "sim":
+        return base | {
+            "kind": "sim",
+            "symbols": src.symbols,
+            "rate": src.rate,
+            "seed": src.seed,
+            "batch": src.batch,
+            "kinds": ["t", "q"] if src.bars == "trades" else ["t", "q", "b"],
+            "not_shortable": plan.broker.not_shortable,
+        }
+    path = plan.path(src.path or "")
+    if not path.exists():
+        raise ConfigError(f"tradeplan [source] path: {path} does not exist (expected a CSV or Parquet file)")
+    speed = None if plan.session.speed == "max" else float(plan.session.speed)
+    symbols = src.symbols if isinstance(src.symbols, list) else None
+    return base | {
+        "kind": "replay",
+        "path": str(path),
+        "symbols": symbols,
+        "start": src.start,
+        "end": src.end,
+        "speed": speed,
+    }
+
+
+class Daemon:
+    """One trading session on a validated plan."""
+
+    def __init__(self, plan: TradePlan, console: Console, summary_json: Path | None = None) -> None:
+        self.plan = plan
+        self.console = console
+        self.summary_json = summary_json
+        self.ctx = mp.get_context("forkserver")
+        self.ctx.set_forkserver_preload(["liu.consumer", "liu.producer", "liu.sources.server"])
+        self.embedded = None
+        self.dsn: str | None = None
+        self.server_proc = None
+        self.server_conn = None
+        self.producer = None
+        self.control = None
+        self.consumers: list[Any] = []
+        self.results: list[Any] = []
+        self.session: Session | None = None
+        self.sent_by_server: int | None = None
+
+    # -- start-up -------------------------------------------------------
+    async def _database(self) -> None:
+        from liu.store import EmbeddedPostgres, connect_check, upgrade
+
+        dsn = self.plan.database.resolve_dsn()
+        if dsn is None:
+            data_dir = self.plan.path(self.plan.database.data_dir)
+            self.embedded = await asyncio.to_thread(EmbeddedPostgres.start, data_dir)
+            dsn = self.embedded.dsn
+        await connect_check(dsn)
+        await asyncio.to_thread(upgrade, dsn)
+        self.dsn = dsn
+
+    def _plugins(self) -> tuple[list[ScheduledScanner], list[Strategy]]:
+        plan = self.plan
+        strategies = [
+            instantiate(plan.path(s.file), s.class_, Strategy, s.label, s.config) for s in plan.strategies
+        ]
+        scanners = [
+            ScheduledScanner(
+                instantiate(plan.path(s.file), s.class_, ScannerBase, s.label, s.config),
+                int(s.recurrence * NS) if s.recurrence else None,
+                tuple(s.target_strategies),
+            )
+            for s in plan.scanners
+        ]
+        return scanners, strategies
+
+    async def _start_server(self, key: str, secret: str) -> tuple[str, dict[str, SymbolInfo], int | None]:
+        from liu.sources.server import serve_process
+
+        if self.plan.source.kind == "alpaca":
+            raise ConfigError(
+                "tradeplan [source] kind='alpaca': live Alpaca market data is not available yet; "
+                "use 'sim' or 'replay'"
+            )
+        parent, child = self.ctx.Pipe()
+        self.server_conn = parent
+        self.server_proc = self.ctx.Process(
+            target=serve_process,
+            args=(_feed_config(self.plan, key, secret), child),
+            name="liu-marketdata",
+            daemon=True,
+        )
+        self.server_proc.start()
+        child.close()
+        msg = await self._recv(parent, timeout=120, what="market-data server start")
+        if msg[0] != "ready":
+            raise ConfigError(f"market-data server failed to start: {msg[1] if len(msg) > 1 else msg}")
+        port, universe = msg[1], msg[2]
+        first_ts = msg[3] if len(msg) > 3 else None
+        info = {
+            s: SymbolInfo(
+                float(v.get("price", 0.0)), float(v.get("avg_volume", 0.0)), bool(v.get("shortable", True))
+            )
+            for s, v in universe.items()
+        }
+        return f"ws://127.0.0.1:{port}", info, first_ts
+
+    async def _recv(self, conn: Any, timeout: float, what: str) -> Any:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future = loop.create_future()
+
+        def ready() -> None:
+            loop.remove_reader(conn.fileno())
+            try:
+                fut.set_result(conn.recv())
+            except EOFError:
+                fut.set_result(("failed", f"{what}: the process exited"))
+
+        loop.add_reader(conn.fileno(), ready)
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            loop.remove_reader(conn.fileno())
+            raise ConfigError(f"{what}: no answer within {timeout:.0f}s") from None
+
+    def _spawn(
+        self,
+        url: str,
+        key: str,
+        secret: str,
+        run_ids: dict[tuple[str, int], int],
+        batch_id: str,
+        n: int,
+        stats: SharedStats,
+    ) -> None:
+        plan = self.plan
+        account = Account(plan.broker.cash, shared=True, ctx=self.ctx)
+        writers = []
+        for i in range(n):
+            r, w = self.ctx.Pipe(duplex=False)
+            res_r, res_w = self.ctx.Pipe(duplex=False)
+            setup = ConsumerSetup(
+                i,
+                plan,
+                batch_id,
+                {name: rid for (name, c), rid in run_ids.items() if c == i},
+                self.dsn,
+                account,
+                stats,
+            )
+            p = self.ctx.Process(target=consumer_main, args=(setup, r, res_w), name=f"liu-consumer-{i}")
+            p.start()
+            r.close()
+            res_w.close()
+            writers.append(w)
+            self.consumers.append(p)
+            self.results.append(res_r)
+        kinds = ("trades", "quotes") if plan.source.bars == "trades" else ("trades", "quotes", "bars")
+        main_end, prod_end = self.ctx.Pipe()
+        self.producer = self.ctx.Process(
+            target=producer_main,
+            args=(url, key, secret, writers, prod_end, stats, kinds),
+            name="liu-producer",
+        )
+        self.producer.start()
+        prod_end.close()
+        for w in writers:
+            w.close()
+        self.control = main_end
+
+    # -- the session ----------------------------------------------------
+    async def run(self) -> int:
+        plan = self.plan
+        loop = asyncio.get_running_loop()
+        session = None
+        try:
+            scanners, strategies = self._plugins()
+            await self._database()
+            from liu.store import add_trending, close_runs, create_runs, record_account
+
+            key, secret = "liu", secrets.token_hex(8)
+            url, universe, first_ts = await self._start_server(key, secret)
+            n = plan.consumers.resolve_count()
+            batch_id = str(uuid.uuid4())
+            session = self.session = Session(batch_id, n)
+            entries = [(s.label, i, dict(s.config)) for s in plan.strategies for i in range(n)]
+            run_ids = await create_runs(self.dsn, batch_id, plan.session.env, entries)
+            await record_account(self.dsn, batch_id, plan.broker.cash)
+            stats = SharedStats(n, self.ctx)
+            t_spawn = time.monotonic()
+            self._spawn(url, key, secret, run_ids, batch_id, n, stats)
+            self.console.print(
+                f"[bold]liu[/] batch [cyan]{batch_id}[/]: {len(strategies)} strategies, "
+                f"{len(scanners)} scanners, {n} consumers, source {plan.source.kind} ({url})"
+            )
+            loop.add_reader(self.control.fileno(), self._on_producer)
+            for i, conn in enumerate(self.results):
+                loop.add_reader(conn.fileno(), self._on_result, i)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, session.end, sig.name)
+
+            if plan.source.kind == "replay":
+                speed = None if plan.session.speed == "max" else float(plan.session.speed)
+                data0 = first_ts or time.time_ns()
+            else:
+                speed = None if plan.session.speed == "max" else float(plan.session.speed)
+                data0 = _sim_epoch(plan)
+            scan_runner = ScannerRunner(scanners, universe)
+            if not scanners:  # no scanner: every strategy trades the whole universe
+                await self._subscribe(Assign(tuple(universe), (), ""))
+            await self._scan(scan_runner, data0, add_trending)
+            await self._wait_subscribed(timeout=15)
+
+            spec = ClockSpec(data0, time.time_ns(), speed)
+            clock = Clock(spec)
+            self.control.send(Start(spec))
+            self.server_conn.send(("start", spec))
+            log.info(
+                "clock started: data epoch %s, speed %s; %.2fs after spawning processes",
+                datetime.fromtimestamp(data0 / NS, NY).isoformat(),
+                speed,
+                time.monotonic() - t_spawn,
+            )
+            await self._supervise(scan_runner, clock, stats, add_trending)
+        except BaseException as e:
+            if session is not None:
+                session.end(f"error: {type(e).__name__}: {e}", 1)
+            raise
+        finally:
+            if session is not None:
+                await self._shutdown(session, close_runs)
+            await self._stop_servers()
+        self._summary(session)
+        return session.exit_code
+
+    async def _subscribe(self, assign: Assign) -> None:
+        self.control.send(Subscribe(assign))
+        self._pending_subs = getattr(self, "_pending_subs", 0) + 1
+
+    async def _scan(self, runner: ScannerRunner, now: int, add_trending) -> None:
+        for sched, symbols in await runner.run_due(now):
+            known = [s for s in symbols if s in runner.universe]
+            unknown = sorted(set(symbols) - set(known))
+            if unknown:
+                log.warning(
+                    "scanner %s picked symbols the source does not have: %s", sched.scanner.name, unknown[:10]
+                )
+            if known:
+                await self._subscribe(Assign(tuple(known), sched.targets, sched.scanner.name))
+                await add_trending(self.dsn, self.session.batch_id, sched.scanner.name, known)
+
+    async def _wait_subscribed(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while getattr(self, "_pending_subs", 0) > 0:
+            if self.session.reason is not None:
+                return
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    "producer did not subscribe within 15s (is the market-data server reachable?)"
+                )
+            await asyncio.sleep(0.02)
+
+    def _on_producer(self) -> None:
+        try:
+            msg = self.control.recv()
+        except EOFError:
+            asyncio.get_running_loop().remove_reader(self.control.fileno())
+            self.session.end("producer exited", 1)
+            return
+        kind = msg[0]
+        if kind == "subscribed":
+            self._pending_subs -= 1
+        elif kind == "source_ended":
+            self.session.source_events = msg[1]
+            self.session.end("source ended")
+        elif kind == "gap":
+            self.session.gaps.append(msg[1])
+        elif kind == "fatal":
+            self.console.print(f"[red]producer: {msg[1]}[/]")
+            self.session.end(f"producer failed: {msg[1]}", 1)
+        elif kind == "stopped":
+            self.session.gaps = list(msg[1])
+            asyncio.get_running_loop().remove_reader(self.control.fileno())
+
+    def _on_result(self, i: int) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.results[i].fileno())
+        try:
+            self.session.reports[i] = self.results[i].recv()
+        except EOFError:
+            pass
+
+    async def _supervise(self, scans: ScannerRunner, clock: Clock, stats: SharedStats, add_trending) -> None:
+        session = self.session
+        plan = self.plan
+        started = time.monotonic()
+        last = (started, 0)
+        rate = 0.0
+        live = (
+            Live(console=self.console, auto_refresh=False, transient=False)
+            if self.console.is_terminal
+            else None
+        )
+        next_log = started + 5
+        if live:
+            live.start()
+        try:
+            while session.reason is None:
+                await asyncio.sleep(0.25)
+                now = time.monotonic()
+                if now - started >= plan.session.duration:
+                    session.end("session end")
+                for i, p in enumerate(self.consumers):
+                    if p.exitcode is not None and i not in session.reports:
+                        session.end(f"consumer {i} died (exit code {p.exitcode})", 1)
+                if clock.realtime:
+                    await self._scan(scans, clock.now_ns(), add_trending)
+                events = stats.producer()["events"]
+                if now - last[0] >= 1.0:
+                    rate = (events - last[1]) / (now - last[0])
+                    last = (now, events)
+                table = progress_table(stats, rate, now - started, plan.session.duration)
+                if live:
+                    live.update(table, refresh=True)
+                elif now >= next_log:
+                    next_log = now + 5
+                    log.info(
+                        "%.0f events/s, %d events, consumers %s",
+                        rate,
+                        events,
+                        [stats.consumer(i)["processed"] for i in range(stats.consumers)],
+                    )
+        finally:
+            if live:
+                live.stop()
+
+    # -- shutdown -------------------------------------------------------
+    async def _shutdown(self, session: Session, close_runs) -> None:
+        session.end("stopped")
+        deadline = time.monotonic() + 8.0
+        if self.producer is not None and self.producer.is_alive():
+            try:
+                self.control.send(Stop(session.reason))
+            except OSError:
+                pass
+        while time.monotonic() < deadline and any(
+            p.exitcode is None and i not in session.reports for i, p in enumerate(self.consumers)
+        ):
+            await asyncio.sleep(0.05)
+        for i, p in enumerate(self.consumers):
+            if i not in session.reports and p.exitcode is None:
+                log.error("consumer %d did not finish in time; terminating it", i)
+                p.terminate()
+        for p in [*self.consumers, self.producer]:
+            if p is not None:
+                await asyncio.to_thread(p.join, 2)
+                if p.exitcode is None:
+                    p.kill()
+        if self.dsn is not None:
+            for i in range(session.consumers):
+                if i not in session.reports:
+                    await close_runs(self.dsn, session.batch_id, f"consumer {i} died", consumer=i)
+            await close_runs(self.dsn, session.batch_id, session.reason)
+
+    async def _stop_servers(self) -> None:
+        if self.server_proc is not None and self.server_proc.is_alive():
+            try:
+                self.server_conn.send(("stop",))
+                msg = await self._recv(self.server_conn, timeout=3, what="market-data server stop")
+                if msg and msg[0] == "stopped":
+                    self.sent_by_server = msg[1]
+            except (OSError, ConfigError):
+                pass
+            await asyncio.to_thread(self.server_proc.join, 2)
+            if self.server_proc.exitcode is None:
+                self.server_proc.kill()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+
+    def _summary(self, session: Session) -> None:
+        reports = [session.reports[i] for i in sorted(session.reports)]
+        for table in summary_tables(reports, session):
+            self.console.print(table)
+        self.console.print(f"session ended: {session.reason}; batch_id [cyan]{session.batch_id}[/]")
+        if self.summary_json:
+            data = {
+                "batch_id": session.batch_id,
+                "end_reason": session.reason,
+                "consumers": [asdict(r) for r in reports],
+                "strategies": merge_strategies(reports),
+                "gaps": session.gaps,
+                "server_sent_events": self.sent_by_server,
+                "source_events": session.source_events,
+                "database": _redacted(self.dsn),
+            }
+            self.summary_json.write_text(json.dumps(data, indent=1, default=str))
+
+
+def _redacted(dsn: str | None) -> str | None:
+    from liu.store import redact_dsn
+
+    return redact_dsn(dsn) if dsn else None
+
+
+def run(plan: TradePlan, console: Console, summary_json: Path | None) -> int:
+    """Run one session (the single `asyncio.run` of the main process)."""
+    import uvloop
+
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    return uvloop.run(Daemon(plan, console, summary_json).run())

@@ -1,0 +1,152 @@
+"""Per-symbol bar history and streaming TA-Lib indicators.
+
+History is kept in growing numpy arrays (about 48 bytes per bar, not one
+Python object per bar). Indicators are `talib.stream` objects, which give
+bit-identical results to the batch TA-Lib functions; they need their full
+lookback as history before they open, so each indicator waits for enough
+bars and then opens on the stored history.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import talib
+import talib.stream as tstream
+from talib import abstract
+
+from liu.errors import ConfigError
+
+COLUMNS = ("ts", "open", "high", "low", "close", "volume")
+
+
+class BarHistory:
+    """Append-only OHLCV arrays for one symbol; `close` etc. are views of the filled part."""
+
+    __slots__ = ("_data", "n")
+
+    def __init__(self, capacity: int = 256) -> None:
+        self._data = np.empty((6, capacity), dtype=np.float64)
+        self.n = 0
+
+    def append(self, ts: int, o: float, h: float, lo: float, c: float, v: float) -> None:
+        if self.n == self._data.shape[1]:
+            grown = np.empty((6, self.n * 2), dtype=np.float64)
+            grown[:, : self.n] = self._data
+            self._data = grown
+        col = self._data[:, self.n]
+        col[0], col[1], col[2], col[3], col[4], col[5] = ts, o, h, lo, c, v
+        self.n += 1
+
+    def __len__(self) -> int:
+        return self.n
+
+    def column(self, name: str) -> np.ndarray:
+        """A read-only view of one column (float64), oldest first."""
+        view = self._data[COLUMNS.index(name), : self.n]
+        view.flags.writeable = False
+        return view
+
+    @property
+    def close(self) -> np.ndarray:
+        return self.column("close")
+
+    @property
+    def open(self) -> np.ndarray:
+        return self.column("open")
+
+    @property
+    def high(self) -> np.ndarray:
+        return self.column("high")
+
+    @property
+    def low(self) -> np.ndarray:
+        return self.column("low")
+
+    @property
+    def volume(self) -> np.ndarray:
+        return self.column("volume")
+
+    @property
+    def ts(self) -> np.ndarray:
+        return self.column("ts")
+
+
+def _input_columns(name: str) -> list[str]:
+    names: list[str] = []
+    for value in abstract.Function(name).input_names.values():
+        names.extend(value if isinstance(value, list) else [value])
+    return names
+
+
+class StreamIndicator:
+    """One TA-Lib function on one symbol's bars, updated once per closed bar.
+
+    `value` is None until the function has its lookback of bars. `peek(x)`
+    returns what the value would be if the current bar closed at `x` (single
+    input functions only), without changing state.
+    """
+
+    __slots__ = ("name", "params", "inputs", "lookback", "_stream", "value")
+
+    def __init__(self, name: str, params: dict[str, Any]) -> None:
+        name = name.upper()
+        if name not in talib.get_functions() or not hasattr(tstream, name):
+            raise ConfigError(f"indicator {name!r}: not a TA-Lib function (see talib.get_functions())")
+        self.name = name
+        self.params = params
+        try:
+            self.lookback = abstract.Function(name, **params).lookback
+        except Exception as e:  # TA-Lib raises plain Exceptions for bad params
+            raise ConfigError(f"indicator {name} {params}: invalid parameters ({e})") from None
+        self.inputs = _input_columns(name)
+        self._stream: Any = None
+        self.value: Any = None
+
+    def on_bar(self, history: BarHistory) -> None:
+        """Feed the newest bar of `history` (or open on the whole history once it is long enough)."""
+        if self._stream is not None:
+            self.value = self._stream.update(*(history.column(c)[-1] for c in self.inputs))
+        elif history.n > self.lookback:
+            self._stream = getattr(tstream, self.name)(
+                *(history.column(c) for c in self.inputs), **self.params
+            )
+            self.value = self._stream.value
+
+    def peek(self, x: float) -> Any:
+        if self._stream is None:
+            return None
+        return self._stream.peek(x)
+
+
+class Features:
+    """Bar history and indicators for every symbol one runner sees."""
+
+    def __init__(self) -> None:
+        self.history: dict[str, BarHistory] = {}
+        self._indicators: dict[str, dict[tuple, StreamIndicator]] = {}
+
+    def bars(self, symbol: str) -> BarHistory:
+        hist = self.history.get(symbol)
+        if hist is None:
+            hist = self.history[symbol] = BarHistory()
+        return hist
+
+    def indicator(self, symbol: str, name: str, **params: Any) -> StreamIndicator:
+        """The indicator for (symbol, name, params), created on first use from the stored history."""
+        per_symbol = self._indicators.setdefault(symbol, {})
+        key = (name.upper(), tuple(sorted(params.items())))
+        ind = per_symbol.get(key)
+        if ind is None:
+            ind = per_symbol[key] = StreamIndicator(name, params)
+            hist = self.bars(symbol)
+            if hist.n:
+                ind.on_bar(hist)
+        return ind
+
+    def add_bar(self, symbol: str, ts: int, o: float, h: float, lo: float, c: float, v: float) -> None:
+        hist = self.bars(symbol)
+        hist.append(ts, o, h, lo, c, v)
+        for ind in self._indicators.get(symbol, {}).values():
+            ind.on_bar(hist)

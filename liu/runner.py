@@ -1,0 +1,389 @@
+"""The strategy runner: one symbol shard's bars, indicators, strategies and broker.
+
+The consumer process drives it with event batches from the producer; the
+backtester will drive the same object in-process with the same wire tuples,
+so what is backtested is what runs live. Decisions use event time (`now` is
+the data time of the event being handled), never the wall clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from collections.abc import Iterable, MutableMapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import CoroutineType
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from liu.brokers.base import Broker
+from liu.events import BAR, MALFORMED, QUOTE, TRADE, Bar, Fill, Order, Quote, Trade
+from liu.features import Features
+from liu.strategy import Context, Strategy
+
+log = logging.getLogger(__name__)
+MINUTE = 60_000_000_000
+NY = ZoneInfo("America/New_York")
+
+
+class Sink(Protocol):
+    """Where orders and fills go (the consumer's database writer)."""
+
+    def add_order(self, order: Order) -> None: ...
+
+    def update_order_status(self, client_order_id: str, status: str, reason: str) -> None: ...
+
+    def add_fill(self, fill: Fill) -> None: ...
+
+
+class NullSink:
+    def add_order(self, order: Order) -> None:
+        pass
+
+    def update_order_status(self, client_order_id: str, status: str, reason: str) -> None:
+        pass
+
+    def add_fill(self, fill: Fill) -> None:
+        pass
+
+
+class Keystore(dict):
+    """A strategy's persistent key/value store; remembers which keys changed since the last save."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.dirty: set[str] = set()
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, value)
+        self.dirty.add(key)
+
+    def take_dirty(self) -> dict[str, Any]:
+        items = {k: self[k] for k in self.dirty if k in self}
+        self.dirty.clear()
+        return items
+
+
+def _ny_minute_of_day(ts: int, _cache: dict[int, int] = {}) -> int:  # noqa: B006 - per-day offset cache
+    day = ts // (86_400 * 10**9)
+    offset = _cache.get(day)
+    if offset is None:
+        dt = datetime.fromtimestamp(day * 86_400 + 43_200, UTC).astimezone(NY)
+        offset = _cache[day] = int(dt.utcoffset().total_seconds()) // 60
+    return (ts // MINUTE + offset) % 1440
+
+
+@dataclass
+class _Slot:
+    """One strategy instance as the runner sees it."""
+
+    strategy: Strategy
+    ctx: Context
+    window: tuple[int, int] | None  # minutes of day (NY), inclusive; None = always
+    on_trade: bool
+    on_quote: bool
+    trades: int = 0
+    errors: int = 0
+    rejected: set[str] = field(default_factory=set)
+
+    def open_at(self, ts: int) -> bool:
+        if self.window is None:
+            return True
+        m = _ny_minute_of_day(ts)
+        return self.window[0] <= m <= self.window[1]
+
+
+def _overrides(strategy: Strategy, hook: str) -> bool:
+    return getattr(type(strategy), hook) is not getattr(Strategy, hook)
+
+
+class StrategyRunner:
+    """Runs strategies over a stream of wire events for the symbols assigned to them."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        bars_from_trades: bool = True,
+        order_prefix: str = "o",
+        sink: Sink | None = None,
+        stale_after_ns: int | None = None,
+        portfolio_interval_ns: int = 60 * 10**9,
+    ) -> None:
+        self.broker = broker
+        self.features = Features()
+        self.bars_from_trades = bars_from_trades
+        self.order_prefix = order_prefix
+        self.sink: Sink = sink or NullSink()
+        self.stale_after_ns = stale_after_ns
+        self.portfolio_interval_ns = portfolio_interval_ns
+        self.slots: dict[str, _Slot] = {}
+        self.routes: dict[str, list[_Slot]] = {}
+        self.last_price: dict[str, float] = {}
+        self.now = 0
+        self._next_portfolio = 0
+        self._seq = 0
+        self._bar: dict[str, list] = {}
+        self._fills: list[Fill] = []
+        self.seen: set[str] = set()
+        self.fill_log: list[Fill] = []
+        self.counts = {
+            "received": 0,
+            "processed": 0,
+            "stale": 0,
+            "malformed": 0,
+            "strategy_errors": 0,
+            "orders": 0,
+            "rejected": 0,
+            "fills": 0,
+        }
+        broker.on_fill = self._fills.append
+
+    # -- setup ----------------------------------------------------------
+    def add_strategy(
+        self,
+        strategy: Strategy,
+        keystore: MutableMapping[str, Any] | None = None,
+        window: tuple[str, str] | None = None,
+    ) -> None:
+        win = None
+        if window and window != ("00:00", "23:59"):
+            a, b = (int(x[:2]) * 60 + int(x[3:]) for x in window)
+            win = (a, b)
+        ctx = Context(strategy.name, self, keystore if keystore is not None else Keystore())
+        self.slots[strategy.name] = _Slot(
+            strategy, ctx, win, _overrides(strategy, "on_trade"), _overrides(strategy, "on_quote")
+        )
+
+    async def start(self) -> None:
+        for slot in self.slots.values():
+            await self._call(slot, slot.strategy.on_start, None, "on_start", "")
+
+    def assign(self, symbols: Iterable[str], strategies: Iterable[str] = ()) -> None:
+        """Route `symbols` to `strategies` (all strategies when empty)."""
+        targets = (
+            [self.slots[s] for s in strategies if s in self.slots]
+            if strategies
+            else list(self.slots.values())
+        )
+        for sym in symbols:
+            route = self.routes.setdefault(sym, [])
+            for slot in targets:
+                if slot not in route and sym not in slot.rejected:
+                    route.append(slot)
+
+    def reject(self, strategy: str, symbol: str) -> None:
+        slot = self.slots[strategy]
+        slot.rejected.add(symbol)
+        route = self.routes.get(symbol)
+        if route and slot in route:
+            route.remove(slot)
+
+    # -- the event path -------------------------------------------------
+    async def process(self, batch: Iterable[tuple], now_ns: int | None = None) -> None:
+        """Handle a batch of wire tuples; events older than `stale_after_ns` at `now_ns` are dropped."""
+        counts = self.counts
+        stale_cut = None
+        if self.stale_after_ns is not None and now_ns is not None:
+            stale_cut = now_ns - self.stale_after_ns
+        broker = self.broker
+        for ev in batch:
+            counts["received"] += 1
+            kind = ev[0]
+            if kind == MALFORMED:
+                counts["malformed"] += 1
+                if counts["malformed"] % 1000 == 1:
+                    log.warning(
+                        "malformed market message for %r: %s (%d so far)", ev[1], ev[3], counts["malformed"]
+                    )
+                continue
+            ts = ev[2]
+            if stale_cut is not None and ts < stale_cut:
+                counts["stale"] += 1
+                if counts["stale"] % 1000 == 1:
+                    log.warning(
+                        "dropped stale %s for %s: %.3fs old (stale_after %.3fs); %d dropped so far",
+                        ("trade", "quote", "bar")[kind],
+                        ev[1],
+                        (now_ns - ts) / 1e9,
+                        self.stale_after_ns / 1e9,
+                        counts["stale"],
+                    )
+                continue
+            counts["processed"] += 1
+            sym = ev[1]
+            if ts > self.now:
+                self.now = ts
+            if kind == TRADE:
+                price = ev[3]
+                self.last_price[sym] = price
+                broker.on_trade(sym, ts, price)
+                if self._fills:
+                    await self._dispatch_fills()
+                if self.bars_from_trades:
+                    await self._update_bar(sym, ts, price, ev[4])
+                route = self.routes.get(sym)
+                if route:
+                    for slot in route:
+                        if slot.on_trade and slot.open_at(ts):
+                            await self._call(
+                                slot, slot.strategy.on_trade, Trade(sym, ts, price, ev[4]), "on_trade", sym
+                            )
+            elif kind == QUOTE:
+                broker.on_quote(sym, ts, ev[3], ev[5])
+                if self._fills:
+                    await self._dispatch_fills()
+                route = self.routes.get(sym)
+                if route:
+                    for slot in route:
+                        if slot.on_quote and slot.open_at(ts):
+                            q = Quote(sym, ts, ev[3], ev[4], ev[5], ev[6])
+                            await self._call(slot, slot.strategy.on_quote, q, "on_quote", sym)
+            elif kind == BAR:
+                broker.on_bar(sym, ts, ev[3], ev[4], ev[5])
+                if self._fills:
+                    await self._dispatch_fills()
+                self.last_price[sym] = ev[6]
+                await self._close_bar(Bar(sym, ts, ev[3], ev[4], ev[5], ev[6], ev[7]))
+            if ts >= self._next_portfolio:
+                await self._portfolio(ts)
+
+    async def _update_bar(self, sym: str, ts: int, price: float, size: float) -> None:
+        minute = ts // MINUTE
+        bar = self._bar.get(sym)
+        if bar is None:
+            self._bar[sym] = [minute, price, price, price, price, size]
+            return
+        if minute == bar[0]:
+            if price > bar[2]:
+                bar[2] = price
+            elif price < bar[3]:
+                bar[3] = price
+            bar[4] = price
+            bar[5] += size
+            return
+        if minute < bar[0]:  # late print for a closed minute: counts for the price, not the bar
+            return
+        self._bar[sym] = [minute, price, price, price, price, size]
+        await self._close_bar(Bar(sym, bar[0] * MINUTE, bar[1], bar[2], bar[3], bar[4], bar[5]))
+
+    async def flush_bars(self, now_ns: int, grace_ns: int = 2 * 10**9) -> None:
+        """Close bars whose minute ended before `now_ns - grace_ns` (live: quiet symbols still get bars)."""
+        cutoff = (now_ns - grace_ns) // MINUTE
+        for sym, bar in list(self._bar.items()):
+            if bar[0] < cutoff:
+                del self._bar[sym]
+                await self._close_bar(Bar(sym, bar[0] * MINUTE, bar[1], bar[2], bar[3], bar[4], bar[5]))
+
+    async def _close_bar(self, bar: Bar) -> None:
+        self.seen.add(bar.symbol)
+        self.features.add_bar(bar.symbol, bar.ts, bar.open, bar.high, bar.low, bar.close, bar.volume)
+        route = self.routes.get(bar.symbol)
+        if route:
+            for slot in list(route):
+                if slot.open_at(bar.ts):
+                    await self._call(slot, slot.strategy.on_bar, bar, "on_bar", bar.symbol)
+
+    async def _portfolio(self, ts: int) -> None:
+        first = self._next_portfolio == 0
+        self._next_portfolio = (ts // self.portfolio_interval_ns + 1) * self.portfolio_interval_ns
+        if first:
+            return
+        for slot in self.slots.values():
+            await self._call(slot, slot.strategy.on_portfolio, None, "on_portfolio", "")
+
+    async def _dispatch_fills(self) -> None:
+        fills, self._fills = self._fills, []
+        for fill in fills:
+            self.counts["fills"] += 1
+            self.fill_log.append(fill)
+            self.sink.add_fill(fill)
+            self.sink.update_order_status(fill.client_order_id, "filled", "")
+            slot = self.slots.get(fill.strategy)
+            if slot is not None:
+                slot.trades += 1
+                await self._call(slot, slot.strategy.on_fill, fill, "on_fill", fill.symbol)
+
+    # -- calling user code ----------------------------------------------
+    async def _call(self, slot: _Slot, hook, arg: Any, name: str, symbol: str) -> None:
+        try:
+            result = hook(slot.ctx) if arg is None else hook(arg, slot.ctx)
+            if result.__class__ is CoroutineType:
+                result = await result
+        except Exception:
+            self._strategy_failed(slot, name, symbol, traceback.format_exc())
+            return
+        if result:
+            await self._place(slot, result, name)
+
+    def _strategy_failed(self, slot: _Slot, hook: str, symbol: str, tb: str) -> None:
+        slot.errors += 1
+        self.counts["strategy_errors"] += 1
+        log.error(
+            "strategy %s raised in %s for symbol %s (error %d):\n%s",
+            slot.strategy.name,
+            hook,
+            symbol or "-",
+            slot.errors,
+            tb,
+        )
+
+    async def _place(self, slot: _Slot, orders: Any, hook: str) -> None:
+        if isinstance(orders, Order):
+            orders = [orders]
+        for order in orders:
+            if not isinstance(order, Order):
+                self._strategy_failed(
+                    slot, hook, "", f"returned {order!r}; expected Order objects from ctx.buy/ctx.sell\n"
+                )
+                continue
+            self._seq += 1
+            order.strategy = slot.strategy.name
+            order.client_order_id = f"{self.order_prefix}{self._seq}"
+            order.submitted_ts = self.now
+            reason = self.broker.submit(order, self.last_price.get(order.symbol))
+            self.counts["orders"] += 1
+            if reason:
+                order.status, order.reason = "rejected", reason
+                self.counts["rejected"] += 1
+                log.warning(
+                    "order %s %s %s x%g by %s rejected: %s",
+                    order.client_order_id,
+                    order.side,
+                    order.symbol,
+                    order.qty,
+                    slot.strategy.name,
+                    reason,
+                )
+            self.sink.add_order(order)
+
+    # -- end --------------------------------------------------------------
+    async def stop(self) -> None:
+        for slot in self.slots.values():
+            await self._call(slot, slot.strategy.on_stop, None, "on_stop", "")
+
+    def report(self) -> dict[str, dict]:
+        """Per strategy: trades, realised and unrealised P&L, fees, open positions."""
+        out: dict[str, dict] = {}
+        for name, slot in self.slots.items():
+            out[name] = {
+                "trades": slot.trades,
+                "realized": 0.0,
+                "unrealized": 0.0,
+                "fees": 0.0,
+                "errors": slot.errors,
+                "positions": {},
+            }
+        for (strategy, sym), pos in self.broker.all_positions().items():
+            row = out.setdefault(
+                strategy,
+                {"trades": 0, "realized": 0.0, "unrealized": 0.0, "fees": 0.0, "errors": 0, "positions": {}},
+            )
+            row["realized"] += pos.realized
+            row["fees"] += pos.fees
+            if pos.qty:
+                last = self.last_price.get(sym, pos.avg_price)
+                row["unrealized"] += (last - pos.avg_price) * pos.qty
+                row["positions"][sym] = pos.qty
+        return out

@@ -1,0 +1,101 @@
+"""The `Scanner` base class: picks which symbols to trade.
+
+Scanners run in the main `trader` process on their `recurrence` (market
+time; once at start when no recurrence is given). The symbols they return
+are subscribed by the producer and routed to the scanner's target strategies.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+log = logging.getLogger(__name__)
+
+
+class ScannerConfig(BaseModel):
+    """Base for a scanner's settings (its `config` table); unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class SymbolInfo:
+    """What the market-data source knows about a symbol before trading it."""
+
+    price: float
+    avg_volume: float
+    shortable: bool = True
+
+
+@dataclass(frozen=True)
+class ScanContext:
+    """What a scanner sees: the tradable universe with reference figures, and the market time."""
+
+    now: int
+    universe: dict[str, SymbolInfo]
+
+
+class Scanner:
+    """Base class for scanners. Override `scan`.
+
+    Example:
+        class Liquid(Scanner):
+            def scan(self, ctx):
+                ranked = sorted(ctx.universe, key=lambda s: -ctx.universe[s].avg_volume)
+                return ranked[:10]
+    """
+
+    Config: ClassVar[type[ScannerConfig]] = ScannerConfig
+
+    def __init__(self, name: str, config: ScannerConfig) -> None:
+        self.name = name
+        self.config = config
+
+    def scan(self, ctx: ScanContext) -> list[str]:
+        """Return the symbols to trade now. Runs in the main process; may be `async def`."""
+        return []
+
+
+@dataclass
+class ScheduledScanner:
+    """A scanner with its recurrence (ns of market time; None = once) and target strategies."""
+
+    scanner: Scanner
+    recurrence_ns: int | None
+    targets: tuple[str, ...]
+    next_run: int = 0
+    done: bool = False
+
+
+class ScannerRunner:
+    """Runs scanners when they are due, in market time; returns what each picked."""
+
+    def __init__(self, scanners: list[ScheduledScanner], universe: dict[str, SymbolInfo]) -> None:
+        self.scanners = scanners
+        self.universe = universe
+
+    async def run_due(self, now_ns: int) -> list[tuple[ScheduledScanner, list[str]]]:
+        import inspect
+
+        picked = []
+        for s in self.scanners:
+            if s.done or now_ns < s.next_run:
+                continue
+            try:
+                result = s.scanner.scan(ScanContext(now_ns, self.universe))
+                if inspect.isawaitable(result):
+                    result = await result
+                symbols = [str(x) for x in (result or [])]
+            except Exception:
+                log.exception("scanner %s raised; it picked nothing this time", s.scanner.name)
+                symbols = []
+            picked.append((s, symbols))
+            if s.recurrence_ns:
+                s.next_run = now_ns + s.recurrence_ns
+            else:
+                s.done = True
+        return picked
