@@ -1,0 +1,67 @@
+"""What `MarketDataServer` needs from a feed, and a factory from a plain config dict.
+
+A feed yields frames paced by a `liu.clock.Clock`:
+
+* a `list[dict]` of Alpaca-shaped messages (see `liu.sources.protocol`); the
+  server filters it per connection subscription and msgpack-encodes it, or
+* an `Encoded` frame: ready msgpack bytes holding `count` messages of any
+  symbol. The server sends it as-is to connections subscribed to "*" on every
+  channel the feed emits (`Feed.types`), and to no one else.
+
+Feeds:
+* `liu.sources.sim.SimFeed`: seeded synthetic trades / quotes / bars, endless.
+* `liu.sources.replay.ReplayFeed`: recorded data files, finite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from liu.clock import Clock
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A pre-encoded frame: msgpack array bytes of `count` market messages."""
+
+    data: bytes
+    count: int
+
+
+class Feed(Protocol):
+    finite: bool  # True: frames() ends (replay); the server then sends "end of data"
+    types: frozenset[str]  # message types ("t", "q", "b", "d") the feed may emit
+    events: int  # market messages produced so far
+
+    def frames(self, clock: Clock) -> AsyncIterator[list[dict] | Encoded]: ...
+
+    def universe(self) -> dict[str, dict]:
+        """symbol → {"price": float, "avg_volume": float, "shortable": bool}."""
+        ...
+
+    def first_ts(self) -> int | None:
+        """Data time (ns) of the first event, or None for a feed stamped with the clock."""
+        ...
+
+
+SIM_KEYS = ("symbols", "rate", "seed", "batch", "kinds", "preencoded", "prebuilt_frames")
+REPLAY_KEYS = ("path", "symbols", "start", "end", "speed", "batch", "format")
+
+
+def make_feed(config: dict[str, Any]) -> Feed:
+    """Build a feed from `config["kind"]` ("sim" | "replay") and that feed's keyword arguments.
+
+    Keys other than the feed's own (host, port, key, secret, kind) are ignored here.
+    """
+    kind = config.get("kind", "sim")
+    if kind == "sim":
+        from liu.sources.sim import SimFeed
+
+        return SimFeed(**{k: config[k] for k in SIM_KEYS if k in config})
+    if kind == "replay":
+        from liu.sources.replay import ReplayFeed
+
+        return ReplayFeed(**{k: config[k] for k in REPLAY_KEYS if k in config})
+    raise ValueError(f"unknown feed kind {kind!r} (expected 'sim' or 'replay')")

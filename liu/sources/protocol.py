@@ -1,0 +1,169 @@
+"""Alpaca v2 market-data stream protocol: msgpack encoding and message builders.
+
+Every server frame is a msgpack array of maps. Market messages carry `t` as a
+msgpack Timestamp extension (type -1), never as a string: alpaca-py calls
+`msg["t"].to_datetime()` on it.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import msgpack
+
+Timestamp = msgpack.Timestamp
+
+# Message type → subscription channel (the keys of subscribe / unsubscribe / ack).
+CHANNEL_OF_TYPE = {"t": "trades", "q": "quotes", "b": "bars", "u": "updatedBars", "d": "dailyBars"}
+TYPE_OF_CHANNEL = {v: k for k, v in CHANNEL_OF_TYPE.items()}
+CHANNELS = tuple(CHANNEL_OF_TYPE.values())
+
+_packer = msgpack.Packer()
+
+
+def encode(obj: Any) -> bytes:
+    """msgpack-encode `obj` (msgpack.Timestamp values become the ext type)."""
+    return _packer.pack(obj)
+
+
+def decode(data: bytes | str) -> Any:
+    """Decode one client or server frame: msgpack bytes, or JSON text."""
+    if isinstance(data, str):
+        return json.loads(data)
+    return msgpack.unpackb(data)
+
+
+def ts(ts_ns: int) -> Timestamp:
+    """msgpack Timestamp from int nanoseconds since the Unix epoch (UTC)."""
+    return Timestamp.from_unix_nano(ts_ns)
+
+
+def trade_msg(
+    symbol: str,
+    ts_ns: int,
+    price: float,
+    size: float,
+    exchange: str = "V",
+    id: int = 0,
+    conditions: list[str] | None = None,
+    tape: str = "C",
+) -> dict:
+    """A trade `{"T":"t","S","i","x","p","s","t","c","z"}`."""
+    return {
+        "T": "t",
+        "S": symbol,
+        "i": id,
+        "x": exchange,
+        "p": price,
+        "s": size,
+        "t": Timestamp.from_unix_nano(ts_ns),
+        "c": conditions if conditions is not None else ["@"],
+        "z": tape,
+    }
+
+
+def quote_msg(
+    symbol: str,
+    ts_ns: int,
+    bid: float,
+    bid_size: float,
+    ask: float,
+    ask_size: float,
+    bid_exchange: str = "V",
+    ask_exchange: str = "V",
+    conditions: list[str] | None = None,
+    tape: str = "C",
+) -> dict:
+    """A quote `{"T":"q","S","bx","bp","bs","ax","ap","as","t","c","z"}`."""
+    return {
+        "T": "q",
+        "S": symbol,
+        "bx": bid_exchange,
+        "bp": bid,
+        "bs": bid_size,
+        "ax": ask_exchange,
+        "ap": ask,
+        "as": ask_size,
+        "t": Timestamp.from_unix_nano(ts_ns),
+        "c": conditions if conditions is not None else ["R"],
+        "z": tape,
+    }
+
+
+def bar_msg(
+    symbol: str,
+    ts_ns: int,
+    o: float,
+    h: float,
+    l: float,  # noqa: E741 - Alpaca's field name
+    c: float,
+    v: float,
+    n: int = 0,
+    vw: float | None = None,
+    kind: str = "b",
+) -> dict:
+    """A bar `{"T":"b","S","o","h","l","c","v","t","n","vw"}`; `ts_ns` is the bar's start.
+
+    `kind` may be "u" (updated bar) or "d" (daily bar) instead of "b".
+    """
+    return {
+        "T": kind,
+        "S": symbol,
+        "o": o,
+        "h": h,
+        "l": l,
+        "c": c,
+        "v": v,
+        "t": Timestamp.from_unix_nano(ts_ns),
+        "n": n,
+        "vw": (o + h + l + c) / 4.0 if vw is None else vw,
+    }
+
+
+# Control messages ------------------------------------------------------------
+
+
+def success(msg: str, **extra: Any) -> dict:
+    return {"T": "success", "msg": msg, **extra}
+
+
+def error(code: int, msg: str) -> dict:
+    return {"T": "error", "code": code, "msg": msg}
+
+
+CONNECTED = encode([success("connected")])
+AUTHENTICATED = encode([success("authenticated")])
+ERR_INVALID_SYNTAX = encode([error(400, "invalid syntax")])
+ERR_NOT_AUTHENTICATED = encode([error(401, "not authenticated")])
+ERR_AUTH_FAILED = encode([error(402, "auth failed")])
+ERR_ALREADY_AUTHENTICATED = encode([error(403, "already authenticated")])
+
+
+def end_of_data(events: int) -> bytes:
+    """liu-specific: a finite feed (replay) is exhausted after `events` market messages."""
+    return encode([success("end of data", events=events)])
+
+
+# Pre-encoded frames (benchmark fast path) -----------------------------------
+#
+# msgpack packs a Timestamp with non-zero nanoseconds and seconds < 2**34 in the
+# 64-bit ext form: d7 ff + uint64(nanos << 34 | seconds). Frames are built with
+# a placeholder timestamp of that form, then each send replaces every
+# placeholder with the real time in one `bytes.replace` call.
+
+_TS64 = struct.Struct(">BbQ")
+PLACEHOLDER_SECONDS = 0x2_5A5A_5A5A  # < 2**34, in 2447; never a real event time here
+PLACEHOLDER_NANOS = 987_654_321
+PLACEHOLDER_TS = Timestamp(PLACEHOLDER_SECONDS, PLACEHOLDER_NANOS)
+PLACEHOLDER_BYTES = _TS64.pack(0xD7, -1, (PLACEHOLDER_NANOS << 34) | PLACEHOLDER_SECONDS)
+assert encode(PLACEHOLDER_TS) == PLACEHOLDER_BYTES
+
+
+def ts64_bytes(ts_ns: int) -> bytes:
+    """The 10-byte 64-bit msgpack Timestamp ext for `ts_ns` (valid even when nanos == 0)."""
+    seconds, nanos = divmod(ts_ns, 1_000_000_000)
+    if not 0 <= seconds < 1 << 34:
+        raise ValueError(f"timestamp {ts_ns} does not fit the 64-bit msgpack form")
+    return _TS64.pack(0xD7, -1, (nanos << 34) | seconds)

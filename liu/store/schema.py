@@ -1,0 +1,180 @@
+"""Table definitions (SQLAlchemy Core), adapted from LiuAlgoTrader's model.
+
+Migrations are hand-written (migrations/versions); this module describes the
+head schema for code and tests, and a test checks both agree. Times are
+timestamptz; data times arrive as int ns since the epoch (UTC) and are stored
+to the microsecond.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+TZ = DateTime(timezone=True)
+
+algo_run = Table(
+    "algo_run",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("batch_id", Text, nullable=False, index=True),
+    Column("algo_name", Text, nullable=False),
+    Column("consumer", Integer, nullable=False, server_default="0"),
+    Column("env", Text, nullable=False),
+    Column("parameters", JSONB),
+    Column("start_time", TZ, nullable=False, server_default=func.now()),
+    Column("end_time", TZ),
+    Column("end_reason", Text),
+    CheckConstraint("env IN ('PAPER', 'BACKTEST', 'LIVE')", name="algo_run_env_check"),
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    Column("client_order_id", Text, primary_key=True),
+    Column("algo_run_id", Integer, ForeignKey("algo_run.id"), index=True),
+    Column("batch_id", Text, nullable=False, index=True),
+    Column("symbol", Text, nullable=False),
+    Column("side", Text, nullable=False),
+    Column("qty", Float, nullable=False),
+    Column("order_type", Text, nullable=False),
+    Column("limit_price", Float),
+    Column("stop_price", Float),
+    Column("target_price", Float),
+    Column("status", Text, nullable=False),
+    Column("reason", Text),
+    Column("submitted_at", TZ),
+    Column("created_at", TZ, nullable=False, server_default=func.now()),
+    Column("indicators", JSONB),
+)
+
+trades = Table(
+    "trades",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("client_order_id", Text, ForeignKey("orders.client_order_id"), nullable=False, index=True),
+    Column("algo_run_id", Integer, ForeignKey("algo_run.id"), index=True),
+    Column("batch_id", Text, nullable=False, index=True),
+    Column("symbol", Text, nullable=False),
+    Column("side", Text, nullable=False),
+    Column("qty", Float, nullable=False),
+    Column("price", Float, nullable=False),
+    Column("fee", Float, nullable=False, server_default="0"),
+    Column("filled_at", TZ, nullable=False),
+    Column("stop_price", Float),
+    Column("target_price", Float),
+    Column("indicators", JSONB),
+)
+
+gain_loss = Table(
+    "gain_loss",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("symbol", Text, nullable=False),
+    Column("algo_run_id", Integer, ForeignKey("algo_run.id"), nullable=False, index=True),
+    Column("gain_percentage", Float),
+    Column("gain_value", Float),
+    Column("r_units", Float),
+    Column("tstamp", TZ, nullable=False, server_default=func.now()),
+)
+
+trade_analysis = Table(
+    "trade_analysis",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("symbol", Text, nullable=False),
+    Column("algo_run_id", Integer, ForeignKey("algo_run.id"), nullable=False, index=True),
+    Column("batch_id", Text, nullable=False, index=True),
+    Column("side", Text, nullable=False),
+    Column("qty", Float, nullable=False),
+    Column("entry_time", TZ),
+    Column("exit_time", TZ),
+    Column("entry_price", Float),
+    Column("exit_price", Float),
+    Column("gain_percentage", Float),
+    Column("gain_value", Float),
+    Column("r_units", Float),
+)
+
+keystore = Table(
+    "keystore",
+    metadata,
+    Column("algo_name", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("value", JSONB),
+    Column("updated_at", TZ, nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("algo_name", "key"),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("account_id", Integer, primary_key=True),
+    Column("batch_id", Text, index=True),
+    Column("balance", Float, nullable=False),
+    Column("allow_negative", Boolean, nullable=False, server_default="false"),
+    Column("credit_line", Float, nullable=False, server_default="0"),
+    Column("details", JSONB),
+    Column("created_at", TZ, nullable=False, server_default=func.now()),
+)
+
+account_transactions = Table(
+    "account_transactions",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.account_id"), nullable=False, index=True),
+    Column("amount", Float, nullable=False),
+    Column("tstamp", TZ, nullable=False, server_default=func.now()),
+    Column("details", JSONB),
+)
+
+portfolio = Table(
+    "portfolio",
+    metadata,
+    Column("batch_id", Text, primary_key=True),
+    Column("account_id", Integer, ForeignKey("accounts.account_id"), nullable=False),
+    Column("size", Float, nullable=False),
+    Column("parameters", JSONB),
+)
+
+trending_tickers = Table(
+    "trending_tickers",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("batch_id", Text, nullable=False, index=True),
+    Column("symbol", Text, nullable=False),
+    Column("scanner_name", Text, nullable=False),
+    Column("create_tstamp", TZ, nullable=False, server_default=func.now()),
+)
+
+stock_ohlc = Table(
+    "stock_ohlc",
+    metadata,
+    Column("symbol", Text, nullable=False),
+    Column("symbol_date", TZ, nullable=False),
+    Column("open", Float, nullable=False),
+    Column("high", Float, nullable=False),
+    Column("low", Float, nullable=False),
+    Column("close", Float, nullable=False),
+    Column("volume", Float, nullable=False),
+    Column("indicators", JSONB),
+    PrimaryKeyConstraint("symbol", "symbol_date"),
+)
+
+TABLES = [t.name for t in metadata.sorted_tables]

@@ -1,0 +1,59 @@
+from pathlib import Path
+
+import pytest
+
+from liu.errors import ConfigError
+from liu.plan import load_plan, parse_plan
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_tradeplan_is_valid():
+    plan = load_plan(REPO / "tradeplan.toml")
+    assert plan.source.kind == "sim"
+    assert plan.strategies[0].label == "sma_cross"
+    assert plan.scanners[0].target_strategies == ["sma_cross"]
+    assert plan.session.duration > 0
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"source": {"ratee": 5}}, "[source] unknown key 'ratee'"),
+        ({"source": {"rate": "fast"}}, "[source] rate: given 'fast', expected a valid number"),
+        ({"session": {"duration": "5 parsecs"}}, "[session] duration: given '5 parsecs'"),
+        ({"consumers": {"count": 0}}, "count=0 must be >= 1"),
+        ({"source": {"kind": "replay"}}, "kind='replay' needs path"),
+        ({"broker": {"cash": -1}}, "[broker] cash: given -1"),
+        ({"strategies": [{"file": "a.py"}]}, "[strategies.0] missing key 'class'"),
+        ({"scanners": [{"file": "s.py", "class": "S", "target_strategies": ["nope"]}]}, "targets strategy 'nope'"),
+    ],
+)
+def test_bad_plan_gives_one_clear_message(raw, expected):
+    with pytest.raises(ConfigError) as err:
+        parse_plan(raw, source="tp.toml")
+    assert expected in str(err.value)
+    assert str(err.value).startswith("tp.toml: ")
+    assert "\n" not in str(err.value)
+
+
+def test_durations_accept_units():
+    plan = parse_plan({"session": {"duration": "2m"}, "consumers": {"stale_after": "250ms"}})
+    assert plan.session.duration == 120.0
+    assert plan.consumers.stale_after == 0.25
+
+
+def test_dsn_env_must_be_set(monkeypatch):
+    monkeypatch.delenv("LIU_TEST_DSN", raising=False)
+    plan = parse_plan({"database": {"dsn_env": "LIU_TEST_DSN"}})
+    with pytest.raises(ConfigError, match="LIU_TEST_DSN"):
+        plan.database.resolve_dsn()
+    monkeypatch.setenv("LIU_TEST_DSN", "postgresql://x@h/db")
+    assert plan.database.resolve_dsn() == "postgresql://x@h/db"
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    p = tmp_path / "tp.toml"
+    p.write_text("[session\nduration=1")
+    with pytest.raises(ConfigError, match=r"tp.toml: not valid TOML"):
+        load_plan(p)
