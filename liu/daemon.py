@@ -119,6 +119,7 @@ class Daemon:
         self.results: list[Any] = []
         self.session: Session | None = None
         self.sent_by_server: int | None = None
+        self.stats: SharedStats | None = None
 
     # -- start-up -------------------------------------------------------
     async def _database(self) -> None:
@@ -208,7 +209,9 @@ class Daemon:
         stats: SharedStats,
     ) -> None:
         plan = self.plan
-        account = Account(plan.broker.cash, shared=True, ctx=self.ctx)
+        # Keep a reference: forkserver children unpickle it after start() returns, and a
+        # collected Lock unlinks its semaphore.
+        account = self.account = Account(plan.broker.cash, shared=True, ctx=self.ctx)
         writers = []
         for i in range(n):
             r, w = self.ctx.Pipe(duplex=False)
@@ -260,7 +263,7 @@ class Daemon:
             entries = [(s.label, i, dict(s.config)) for s in plan.strategies for i in range(n)]
             run_ids = await create_runs(self.dsn, batch_id, plan.session.env, entries)
             await record_account(self.dsn, batch_id, plan.broker.cash)
-            stats = SharedStats(n, self.ctx)
+            stats = self.stats = SharedStats(n, self.ctx)
             t_spawn = time.monotonic()
             self._spawn(url, key, secret, run_ids, batch_id, n, stats)
             self.console.print(
@@ -462,6 +465,10 @@ class Daemon:
                 "end_reason": session.reason,
                 "consumers": [asdict(r) for r in reports],
                 "strategies": merge_strategies(reports),
+                "producer": self.stats.producer() if self.stats else None,
+                "sent_per_consumer": [self.stats.consumer(i)["sent"] for i in range(session.consumers)]
+                if self.stats
+                else None,
                 "gaps": session.gaps,
                 "server_sent_events": self.sent_by_server,
                 "source_events": session.source_events,

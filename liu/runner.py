@@ -294,7 +294,8 @@ class StrategyRunner:
             await self._call(slot, slot.strategy.on_portfolio, None, "on_portfolio", "")
 
     async def _dispatch_fills(self) -> None:
-        fills, self._fills = self._fills, []
+        fills = self._fills[:]  # the broker holds a reference to this list: clear it, don't replace it
+        self._fills.clear()
         for fill in fills:
             self.counts["fills"] += 1
             self.fill_log.append(fill)

@@ -129,3 +129,16 @@ async def test_minute_bars_from_recorded_ticks_match_pandas_resample():
     assert len(rec.bars) == len(expected) > 1000
     assert [b.ts for b in rec.bars] == list(expected.index.as_unit("ns").astype("int64"))
     np.testing.assert_array_equal(got, expected.to_numpy())
+
+
+async def test_every_fill_reaches_the_log_and_the_strategy():
+    class EveryBar(Recorder):
+        def on_bar(self, bar, ctx):
+            super().on_bar(bar, ctx)
+            return [ctx.buy(bar.symbol, 1)]
+
+    s = EveryBar()
+    r = _runner(s, bars_from_trades=False)
+    await r.process(make_bars("A", 10))
+    assert len(s.fills) == len(r.fill_log) == r.counts["fills"] == 9
+    assert r.broker.position("rec", "A").qty == 9

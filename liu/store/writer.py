@@ -75,6 +75,11 @@ def ns_to_datetime(ns: int) -> datetime:
     return EPOCH + timedelta(microseconds=ns // 1000)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def _json(value: dict | None) -> str | None:
     return None if value is None else _encode_json(value)
 
@@ -117,6 +122,7 @@ class TradeWriter:
         self.fills_written = 0
         self.updates_written = 0
         self.failed_flushes = 0
+        self.rows_dropped = 0
         self._orders: list[tuple] = []
         self._updates: list[tuple[str, str, str]] = []
         self._fills: list[tuple] = []
@@ -252,13 +258,78 @@ class TradeWriter:
                     "trades", records=self._fill_records(fills), columns=FILL_COLUMNS
                 )
 
+    async def _salvage(
+        self, orders: list[tuple], updates: list[tuple], fills: list[Fill]
+    ) -> tuple[int, int, int]:
+        """Row by row, each in a savepoint: write what the database accepts, drop (and log) the rest.
+
+        Only used after a batch failed on its data (not the connection), so one bad row
+        (say a fill whose order was never added) cannot block every later write.
+        """
+        conn = await self._connection()
+        done = [0, 0, 0]
+        jobs = [
+            (
+                0,
+                orders,
+                lambda r: conn.copy_records_to_table(
+                    "orders", records=self._order_records([r]), columns=ORDER_COLUMNS
+                ),
+            ),
+            (1, updates, lambda r: conn.executemany(UPDATE_STATUS, [r])),
+            (
+                2,
+                fills,
+                lambda r: conn.copy_records_to_table(
+                    "trades", records=self._fill_records([r]), columns=FILL_COLUMNS
+                ),
+            ),
+        ]
+        async with conn.transaction():
+            for idx, rows, write in jobs:
+                for row in rows:
+                    try:
+                        async with conn.transaction():
+                            await write(row)
+                        done[idx] += 1
+                    except _CONNECTION_ERRORS:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - the row is bad, not the connection
+                        self.rows_dropped += 1
+                        if self.rows_dropped <= 20:
+                            log.error(
+                                "trade writer: dropped a row the database refuses (%s: %s): %r",
+                                type(exc).__name__,
+                                _first_line(exc),
+                                row,
+                            )
+        return done[0], done[1], done[2]
+
+    def _keep(self, orders: list[tuple], updates: list[tuple], fills: list[Fill], exc: BaseException) -> None:
+        """Put rows back in front of the buffers after a failed flush; log once per failure streak."""
+        self._orders = orders + self._orders
+        self._updates = updates + self._updates
+        self._fills = fills + self._fills
+        self.failed_flushes += 1
+        self._drop_connection()
+        if not self._failing:
+            self._failing = True
+            log.error(
+                "trade writer: cannot write %d rows to %s (%s: %s); keeping them and retrying",
+                self.pending,
+                redact_dsn(self.dsn),
+                type(exc).__name__,
+                _first_line(exc),
+            )
+
     async def flush(self) -> bool:
-        """Write everything buffered now; return False (rows kept for the next try) if that failed."""
+        """Write everything buffered now; return False (rows kept for the next try) if the database is unreachable."""
         async with self._lock:
             if not self.pending:
                 return True
             orders, updates, fills = self._orders, self._updates, self._fills
             self._orders, self._updates, self._fills = [], [], []
+            counts = (len(orders), len(updates), len(fills))
             try:
                 try:
                     await self._write(orders, updates, fills)
@@ -267,26 +338,18 @@ class TradeWriter:
                     # retry once on a fresh one before calling it a failure.
                     self._drop_connection()
                     await self._write(orders, updates, fills)
-            except Exception as exc:  # noqa: BLE001 - nothing is lost; retried next flush
-                self._orders = orders + self._orders
-                self._updates = updates + self._updates
-                self._fills = fills + self._fills
-                self.failed_flushes += 1
-                if isinstance(exc, _CONNECTION_ERRORS):
-                    self._drop_connection()
-                if not self._failing:
-                    self._failing = True
-                    log.error(
-                        "trade writer: cannot write %d rows to %s (%s: %s); keeping them and retrying",
-                        self.pending,
-                        redact_dsn(self.dsn),
-                        type(exc).__name__,
-                        str(exc).strip().splitlines()[0] if str(exc).strip() else "",
-                    )
+            except _CONNECTION_ERRORS as exc:
+                self._keep(orders, updates, fills, exc)
                 return False
-            self.orders_written += len(orders)
-            self.updates_written += len(updates)
-            self.fills_written += len(fills)
+            except Exception:  # noqa: BLE001 - some row is bad: isolate it
+                try:
+                    counts = await self._salvage(orders, updates, fills)
+                except Exception as exc:  # noqa: BLE001 - connection lost meanwhile: retry all later
+                    self._keep(orders, updates, fills, exc)
+                    return False
+            self.orders_written += counts[0]
+            self.updates_written += counts[1]
+            self.fills_written += counts[2]
             if self._failing:
                 self._failing = False
                 log.warning(
