@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.text import Text
 
 from liu.errors import LiuError
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(load_plan(args.plan), console, args.summary_json)
     except LiuError as e:
-        console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        console.print(Text("error: ", style="red") + Text(str(e)), highlight=False, soft_wrap=True)
         return 2
 
 

@@ -43,6 +43,7 @@ class ConsumerSetup:
     dsn: str | None
     account: Account
     stats: SharedStats
+    not_shortable: tuple[str, ...] = ()
 
 
 class Consumer:
@@ -180,7 +181,8 @@ def build_runner(setup: ConsumerSetup, keystores: dict[str, Keystore], sink=None
     """The runner for one consumer: paper broker on the shared account, the plan's strategies."""
     plan = setup.plan
     b = plan.broker
-    broker = PaperBroker(setup.account, b.fee_per_share, b.fee_bps, b.slippage_bps, b.not_shortable)
+    broker = PaperBroker(setup.account, b.fee_per_share, b.fee_bps, b.slippage_bps,
+                         (*b.not_shortable, *setup.not_shortable))
     runner = StrategyRunner(
         broker,
         bars_from_trades=plan.source.bars == "trades",

@@ -10,6 +10,7 @@ and flush, close the `algo_run` rows with the reason, stop the servers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import multiprocessing as mp
@@ -40,6 +41,7 @@ from liu.scanner import Scanner as ScannerBase
 from liu.scanner import ScannerRunner, ScheduledScanner, SymbolInfo
 from liu.stats import SharedStats
 from liu.strategy import Strategy
+from liu.transport import EOF_MARK, watch_connection
 
 log = logging.getLogger("liu.daemon")
 NY = ZoneInfo("America/New_York")
@@ -181,22 +183,15 @@ class Daemon:
         return f"ws://127.0.0.1:{port}", info, first_ts
 
     async def _recv(self, conn: Any, timeout: float, what: str) -> Any:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future = loop.create_future()
-
-        def ready() -> None:
-            loop.remove_reader(conn.fileno())
+        def recv() -> Any:
             try:
-                fut.set_result(conn.recv())
+                return conn.recv()
             except EOFError:
-                fut.set_result(("failed", f"{what}: the process exited"))
+                return ("failed", f"{what}: the process exited")
 
-        loop.add_reader(conn.fileno(), ready)
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            loop.remove_reader(conn.fileno())
-            raise ConfigError(f"{what}: no answer within {timeout:.0f}s") from None
+        if not await asyncio.to_thread(conn.poll, timeout):
+            raise ConfigError(f"{what}: no answer within {timeout:.0f}s")
+        return await asyncio.to_thread(recv)
 
     def _spawn(
         self,
@@ -257,6 +252,7 @@ class Daemon:
 
             key, secret = "liu", secrets.token_hex(8)
             url, universe, first_ts = await self._start_server(key, secret)
+            self.not_shortable = tuple(sorted(s for s, info in universe.items() if not info.shortable))
             n = plan.consumers.resolve_count()
             batch_id = str(uuid.uuid4())
             session = self.session = Session(batch_id, n)
@@ -270,9 +266,9 @@ class Daemon:
                 f"[bold]liu[/] batch [cyan]{batch_id}[/]: {len(strategies)} strategies, "
                 f"{len(scanners)} scanners, {n} consumers, source {plan.source.kind} ({url})"
             )
-            loop.add_reader(self.control.fileno(), self._on_producer)
+            watch_connection(self.control, self._on_producer, loop)
             for i, conn in enumerate(self.results):
-                loop.add_reader(conn.fileno(), self._on_result, i)
+                watch_connection(conn, functools.partial(self._on_result, i), loop)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, session.end, sig.name)
 
@@ -337,11 +333,8 @@ class Daemon:
                 )
             await asyncio.sleep(0.02)
 
-    def _on_producer(self) -> None:
-        try:
-            msg = self.control.recv()
-        except EOFError:
-            asyncio.get_running_loop().remove_reader(self.control.fileno())
+    def _on_producer(self, msg: Any) -> None:
+        if msg is EOF_MARK:
             self.session.end("producer exited", 1)
             return
         kind = msg[0]
@@ -357,15 +350,10 @@ class Daemon:
             self.session.end(f"producer failed: {msg[1]}", 1)
         elif kind == "stopped":
             self.session.gaps = list(msg[1])
-            asyncio.get_running_loop().remove_reader(self.control.fileno())
 
-    def _on_result(self, i: int) -> None:
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(self.results[i].fileno())
-        try:
-            self.session.reports[i] = self.results[i].recv()
-        except EOFError:
-            pass
+    def _on_result(self, i: int, msg: Any) -> None:
+        if msg is not EOF_MARK:
+            self.session.reports[i] = msg
 
     async def _supervise(self, scans: ScannerRunner, clock: Clock, stats: SharedStats, add_trending) -> None:
         session = self.session

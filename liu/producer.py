@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 
 from liu.events import BAR, MALFORMED, QUOTE, TRADE, Assign, Start, Stop, Subscribe
 from liu.stats import SharedStats
-from liu.transport import ChannelWriter
+from liu.transport import EOF_MARK, ChannelWriter, watch_connection
 
 log = logging.getLogger(__name__)
 
@@ -298,11 +298,8 @@ def producer_main(
         loop = asyncio.get_running_loop()
         tasks: set[asyncio.Task] = set()
 
-        def on_control() -> None:
-            try:
-                msg = control.recv()
-            except EOFError:  # the main process is gone: stop
-                loop.remove_reader(control.fileno())
+        def on_control(msg: object) -> None:
+            if msg is EOF_MARK:  # the main process is gone: stop
                 msg = Stop("main process exited")
             if isinstance(msg, Subscribe):
                 task = loop.create_task(producer.subscribe(msg.assign))
@@ -310,14 +307,13 @@ def producer_main(
                 producer.start(msg)
                 return
             elif isinstance(msg, Stop):
-                loop.remove_reader(control.fileno())
                 task = loop.create_task(producer.stop(msg))
             else:
                 return
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-        loop.add_reader(control.fileno(), on_control)
+        watch_connection(control, on_control, loop)
         try:
             await producer.run()
         except AuthError as e:

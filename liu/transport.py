@@ -172,3 +172,32 @@ class ChannelReader:
     def close(self) -> None:
         self.pause()
         self._conn.close()
+
+
+EOF_MARK = object()
+
+
+def watch_connection(conn: Connection, callback: Callable[[Any], None], loop: asyncio.AbstractEventLoop,
+                     name: str = "liu-conn-reader") -> None:
+    """Deliver each message of a (rarely used) control `Connection` to `callback` on `loop`.
+
+    A thread does the blocking `recv`, because the event loop's readers switch the
+    fd to non-blocking and `Connection.recv` cannot resume a partial message.
+    `callback(EOF_MARK)` is called when the other end closes.
+    """
+    import threading
+
+    def pump() -> None:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                msg = EOF_MARK
+            try:
+                loop.call_soon_threadsafe(callback, msg)
+            except RuntimeError:  # loop closed
+                return
+            if msg is EOF_MARK:
+                return
+
+    threading.Thread(target=pump, name=name, daemon=True).start()
