@@ -116,7 +116,10 @@ class Consumer:
         clock = self.clock
         now = clock.now_ns() if clock is not None and clock.realtime else None
         lag = time.time_ns() - batch[0][-1]
+        first = self.runner.counts["processed"] == 0
         await self.runner.process(batch, now)
+        if first and self.runner.counts["processed"]:
+            log.info("first event processed (%d in the first batch)", len(batch))
         self._a[self._idx["lag_us"]] = lag // 1000
         self._publish()
 

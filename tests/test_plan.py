@@ -26,7 +26,10 @@ def test_shipped_tradeplan_is_valid():
         ({"source": {"kind": "replay"}}, "kind='replay' needs path"),
         ({"broker": {"cash": -1}}, "[broker] cash: given -1"),
         ({"strategies": [{"file": "a.py"}]}, "[strategies.0] missing key 'class'"),
-        ({"scanners": [{"file": "s.py", "class": "S", "target_strategies": ["nope"]}]}, "targets strategy 'nope'"),
+        (
+            {"scanners": [{"file": "s.py", "class": "S", "target_strategies": ["nope"]}]},
+            "targets strategy 'nope'",
+        ),
     ],
 )
 def test_bad_plan_gives_one_clear_message(raw, expected):

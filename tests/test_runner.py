@@ -50,8 +50,12 @@ async def test_stale_events_are_dropped_and_counted_fresh_ones_processed():
     rec = Recorder()
     r = _runner(rec, stale_after_ns=5 * 10**9)
     now = 1_000 * 10**9
-    batch = [(TRADE, "A", now - 10 * 10**9, 1.0, 1.0, 0), (TRADE, "A", now - 1 * 10**9, 2.0, 1.0, 0),
-             (TRADE, "B", now - 6 * 10**9, 3.0, 1.0, 0), (TRADE, "B", now, 4.0, 1.0, 0)]
+    batch = [
+        (TRADE, "A", now - 10 * 10**9, 1.0, 1.0, 0),
+        (TRADE, "A", now - 1 * 10**9, 2.0, 1.0, 0),
+        (TRADE, "B", now - 6 * 10**9, 3.0, 1.0, 0),
+        (TRADE, "B", now, 4.0, 1.0, 0),
+    ]
     await r.process(batch, now_ns=now)
     c = r.counts
     assert (c["received"], c["processed"], c["stale"]) == (4, 2, 2)
@@ -119,11 +123,19 @@ async def test_minute_bars_from_recorded_ticks_match_pandas_resample():
     rec = Recorder()
     r = _runner(rec)
     r.assign(["IBM"])
-    batch = [(TRADE, "IBM", int(t), float(p), float(s), 0) for t, p, s in zip(ns, df.price, df["size"], strict=True)]
+    batch = [
+        (TRADE, "IBM", int(t), float(p), float(s), 0)
+        for t, p, s in zip(ns, df.price, df["size"], strict=True)
+    ]
     await r.process(batch)
-    expected = (pd.DataFrame({"price": df.price.to_numpy(), "size": df["size"].to_numpy().astype(float)},
-                             index=ts.to_numpy())
-                .resample("1min").agg({"price": ["first", "max", "min", "last"], "size": "sum"}).dropna())
+    expected = (
+        pd.DataFrame(
+            {"price": df.price.to_numpy(), "size": df["size"].to_numpy().astype(float)}, index=ts.to_numpy()
+        )
+        .resample("1min")
+        .agg({"price": ["first", "max", "min", "last"], "size": "sum"})
+        .dropna()
+    )
     expected = expected.iloc[:-1]  # the last minute is still open in the runner
     got = np.array([[b.open, b.high, b.low, b.close, b.volume] for b in rec.bars])
     assert len(rec.bars) == len(expected) > 1000

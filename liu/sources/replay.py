@@ -172,13 +172,21 @@ class ReplayFeed:
             df = df[keep]
             ts = ts[keep]
         df = df.reset_index(drop=True)
-        sym = df["symbol"].astype(str).astype("category")
+        sym = (
+            df["symbol"]
+            if isinstance(df["symbol"].dtype, pd.CategoricalDtype)
+            else df["symbol"].astype("category")
+        )
+        sym = sym.cat.remove_unused_categories()
         self._names: list[str] = [str(s) for s in sym.cat.categories]
         self._sym = sym.cat.codes.to_numpy(dtype=np.int32)
         self._ts = ts
         self._df_cols(df)
+        del df, sym, ts, keep
         self._build_events()
         self._universe = self._make_universe()
+        del self._ts  # the sorted event times are kept in _ev_ts
+        _release_memory()
 
     # -- loading ---------------------------------------------------------------
 
@@ -199,7 +207,6 @@ class ReplayFeed:
             self._s = _floats(df, "size")
             self._x_cat, self._x = _codes(df, "exchange")
             self._cond_cat, self._cond = _codes(df, "condition")
-            self._id = df.index.to_numpy(dtype=np.int64) + 1
         else:  # quote_ticks
             self._bp = _floats(df, "bid")
             self._bs = _floats(df, "bid_size")
@@ -211,7 +218,7 @@ class ReplayFeed:
     def _build_events(self) -> None:
         """Sorted event arrays: time, kind, row. Bars before quotes at equal times."""
         n = len(self._ts)
-        rows = np.arange(n, dtype=np.int64)
+        rows = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
         if self.format in ("lean_minute", "minute_end", "daily"):
             bars = rows[~np.isnan(self._c)]
             quotes = rows[~(np.isnan(self._bp) | np.isnan(self._ap))]
@@ -378,7 +385,7 @@ class ReplayFeed:
         sym = self._sym[rows].tolist()
         p = self._p[rows].tolist()
         s = self._s[rows].tolist()
-        ids = self._id[rows].tolist()
+        ids = (rows + 1).tolist()  # i = 1-based row number (after filtering)
         xc, xs = self._x_cat, self._x[rows].tolist()
         cc, cs = self._cond_cat, self._cond[rows].tolist()
         ts_ = P.Timestamp.from_unix_nano
@@ -443,9 +450,27 @@ class ReplayFeed:
         return out
 
 
+def _release_memory() -> None:
+    """Hand memory freed by parsing (arrow pool, malloc arenas) back to the OS."""
+    try:
+        import pyarrow as pa
+
+        pa.default_memory_pool().release_unused()
+    except Exception:
+        pass
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except Exception:
+        pass
+
+
 def _codes(df: pd.DataFrame, col: str) -> tuple[list[str], np.ndarray]:
     """(category names, int codes; -1 = missing) of a text column."""
     if col not in df:
         return [], np.full(len(df), -1, np.int32)
-    cat = df[col].astype(str).astype("category") if df[col].dtype != "category" else df[col]
+    cat = (
+        df[col] if isinstance(df[col].dtype, pd.CategoricalDtype) else df[col].astype(str).astype("category")
+    )
     return [str(x) for x in cat.cat.categories], cat.cat.codes.to_numpy(dtype=np.int32)

@@ -15,8 +15,9 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from liu.errors import DatabaseError
 from liu.events import Fill, Order
-from liu.store.db import redact_dsn
+from liu.store.db import HINT, redact_dsn
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,13 @@ class TradeWriter:
     ) -> TradeWriter:
         """Connect and start the background flusher."""
         self = cls(dsn, batch_id, run_ids, flush_interval, max_batch)
-        self._conn = await _connect(dsn, self.connect_timeout)
+        try:
+            self._conn = await _connect(dsn, self.connect_timeout)
+        except Exception as exc:  # noqa: BLE001 - one line for the operator
+            raise DatabaseError(
+                f"database: trade writer cannot connect to {redact_dsn(dsn)} "
+                f"({type(exc).__name__}: {_first_line(exc)}); {HINT}"
+            ) from None
         self._task = asyncio.create_task(self._run(), name="liu-trade-writer")
         return self
 

@@ -84,12 +84,15 @@ def test_selling_long_then_more_opens_a_short():
     assert pos.qty == -5 and pos.avg_price == 11.0 and pos.realized == pytest.approx(10.0)
 
 
-@pytest.mark.parametrize(("order", "expected"), [
-    (Order("A", "hold", 1, strategy="s"), "side 'hold'"),
-    (Order("A", "buy", 0, strategy="s"), "qty=0"),
-    (Order("A", "buy", 1, "limit", None, strategy="s"), "limit order needs limit_price"),
-    (Order("A", "buy", 1, "stop", strategy="s"), "type 'stop'"),
-])
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [
+        (Order("A", "hold", 1, strategy="s"), "side 'hold'"),
+        (Order("A", "buy", 0, strategy="s"), "qty=0"),
+        (Order("A", "buy", 1, "limit", None, strategy="s"), "limit order needs limit_price"),
+        (Order("A", "buy", 1, "stop", strategy="s"), "type 'stop'"),
+    ],
+)
 def test_bad_orders_are_rejected_with_reason(order, expected):
     b, _ = _broker()
     assert expected in b.submit(order, 10.0)
