@@ -222,6 +222,7 @@ class Daemon:
             )
             p = self.ctx.Process(target=consumer_main, args=(setup, r, res_w), name=f"liu-consumer-{i}")
             p.start()
+            log.info("consumer %d started (pid %d)", i, p.pid)
             r.close()
             res_w.close()
             writers.append(w)
@@ -422,9 +423,10 @@ class Daemon:
                 if p.exitcode is None:
                     p.kill()
         if self.dsn is not None:
-            for i in range(session.consumers):
+            for i, p in enumerate(self.consumers):
                 if i not in session.reports:
-                    await close_runs(self.dsn, session.batch_id, f"consumer {i} died", consumer=i)
+                    await close_runs(self.dsn, session.batch_id, f"consumer {i} died (exit code {p.exitcode})",
+                                     consumer=i)
             await close_runs(self.dsn, session.batch_id, session.reason)
 
     async def _stop_servers(self) -> None:
