@@ -184,8 +184,9 @@ def build_runner(setup: ConsumerSetup, keystores: dict[str, Keystore], sink=None
     """The runner for one consumer: paper broker on the shared account, the plan's strategies."""
     plan = setup.plan
     b = plan.broker
-    broker = PaperBroker(setup.account, b.fee_per_share, b.fee_bps, b.slippage_bps,
-                         (*b.not_shortable, *setup.not_shortable))
+    broker = PaperBroker(
+        setup.account, b.fee_per_share, b.fee_bps, b.slippage_bps, (*b.not_shortable, *setup.not_shortable)
+    )
     runner = StrategyRunner(
         broker,
         bars_from_trades=plan.source.bars == "trades",

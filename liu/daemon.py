@@ -425,8 +425,9 @@ class Daemon:
         if self.dsn is not None:
             for i, p in enumerate(self.consumers):
                 if i not in session.reports:
-                    await close_runs(self.dsn, session.batch_id, f"consumer {i} died (exit code {p.exitcode})",
-                                     consumer=i)
+                    await close_runs(
+                        self.dsn, session.batch_id, f"consumer {i} died (exit code {p.exitcode})", consumer=i
+                    )
             await close_runs(self.dsn, session.batch_id, session.reason)
 
     async def _stop_servers(self) -> None:

@@ -26,8 +26,9 @@ def sample_data(name: str) -> Path:
     return path
 
 
-def make_bars(symbol: str, n: int, start_ns: int = 1_700_000_000 * 10**9, seed: int = 1,
-              price: float = 100.0) -> list[tuple]:
+def make_bars(
+    symbol: str, n: int, start_ns: int = 1_700_000_000 * 10**9, seed: int = 1, price: float = 100.0
+) -> list[tuple]:
     """`n` seeded random-walk minute bars as wire tuples (BAR, symbol, ts, o, h, l, c, v, recv)."""
     rng = np.random.default_rng(seed)
     closes = price * np.exp(np.cumsum(rng.normal(0, 0.002, n)))
@@ -36,5 +37,17 @@ def make_bars(symbol: str, n: int, start_ns: int = 1_700_000_000 * 10**9, seed: 
     lows = np.minimum(opens, closes) * (1 - np.abs(rng.normal(0, 0.001, n)))
     vols = rng.integers(100, 10_000, n)
     minute = 60 * 10**9
-    return [(BAR, symbol, start_ns + i * minute, float(opens[i]), float(highs[i]), float(lows[i]),
-             float(closes[i]), float(vols[i]), 0) for i in range(n)]
+    return [
+        (
+            BAR,
+            symbol,
+            start_ns + i * minute,
+            float(opens[i]),
+            float(highs[i]),
+            float(lows[i]),
+            float(closes[i]),
+            float(vols[i]),
+            0,
+        )
+        for i in range(n)
+    ]

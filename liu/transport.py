@@ -177,8 +177,12 @@ class ChannelReader:
 EOF_MARK = object()
 
 
-def watch_connection(conn: Connection, callback: Callable[[Any], None], loop: asyncio.AbstractEventLoop,
-                     name: str = "liu-conn-reader") -> None:
+def watch_connection(
+    conn: Connection,
+    callback: Callable[[Any], None],
+    loop: asyncio.AbstractEventLoop,
+    name: str = "liu-conn-reader",
+) -> None:
     """Deliver each message of a (rarely used) control `Connection` to `callback` on `loop`.
 
     A thread does the blocking `recv`, because the event loop's readers switch the

@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.test_daemon import REPO, STRATEGY, run_trader
+from tests.test_daemon import STRATEGY, run_trader
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,9 @@ def test_missing_strategy_file_is_named(tmp_path):
     plan = "[[strategies]]\nfile = 'strategies/nope.py'\nclass = 'Nope'\n"
     proc = _trader(tmp_path, plan)
     assert proc.returncode == 2
-    assert f"strategy file {tmp_path}/strategies/nope.py: not found (class Nope)" in proc.stdout.replace("\n", "")
+    assert f"strategy file {tmp_path}/strategies/nope.py: not found (class Nope)" in proc.stdout.replace(
+        "\n", ""
+    )
 
 
 def test_unreachable_dsn_is_one_clear_line_without_the_password(tmp_path):
@@ -95,7 +97,10 @@ count = {consumers}
     (tmp_path / "tradeplan.toml").write_text(plan)
     return subprocess.Popen(
         [sys.executable, "-m", "liu.cli", "--plan", "tradeplan.toml", "--summary-json", "summary.json"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

@@ -66,7 +66,9 @@ def check_session(summary: dict, dsn: str, consumers: int, reason: str, log: str
     runs, fills, orders = asyncio.run(_db_rows(dsn, summary["batch_id"]))
     # algo_run rows: one per strategy per consumer, all closed with the reason.
     assert len(runs) == consumers
-    assert [(r["end_reason"], r["end_time"] is not None) for r in runs] == [(reason, True)] * consumers, log[-5000:]
+    assert [(r["end_reason"], r["end_time"] is not None) for r in runs] == [(reason, True)] * consumers, log[
+        -5000:
+    ]
     # Every event is accounted for, per consumer, and nothing was lost between producer and consumer.
     for c, sent in zip(summary["consumers"], summary["sent_per_consumer"], strict=True):
         assert c["received"] == c["processed"] + c["stale"] + c["malformed"]

@@ -98,11 +98,15 @@ async def test_malformed_frames_are_counted_and_the_stream_goes_on():
         ts = msgpack.Timestamp.from_unix_nano(1_700_000_000_000_000_000)
         await h.server.broadcast_raw(b"\xc1 not msgpack")  # undecodable frame
         await h.server.broadcast_raw(msgpack.packb({"T": "t"}))  # not an array
-        await h.server.broadcast_raw(msgpack.packb([
-            {"T": "t", "S": "AAA", "p": "abc", "s": 1, "t": ts},  # bad price: routed as malformed
-            {"T": "t", "p": 1.0, "s": 1, "t": ts},  # no symbol: cannot be routed
-            {"T": "t", "S": "AAA", "p": 10.5, "s": 100, "t": ts, "i": 1, "x": "V", "c": [], "z": "C"},
-        ]))
+        await h.server.broadcast_raw(
+            msgpack.packb(
+                [
+                    {"T": "t", "S": "AAA", "p": "abc", "s": 1, "t": ts},  # bad price: routed as malformed
+                    {"T": "t", "p": 1.0, "s": 1, "t": ts},  # no symbol: cannot be routed
+                    {"T": "t", "S": "AAA", "p": 10.5, "s": 100, "t": ts, "i": 1, "x": "V", "c": [], "z": "C"},
+                ]
+            )
+        )
         await h.until(lambda: h.count() >= 2)
         assert h.stats.producer()["unroutable"] == 3
         evs = h.events[shard_of("AAA", 2)]

@@ -13,8 +13,8 @@ MIN = 60 * 10**9
 
 
 class Recorder(Strategy):
-    def __init__(self, name="rec", config=StrategyConfig()):
-        super().__init__(name, config)
+    def __init__(self, name="rec", config=None):
+        super().__init__(name, config or StrategyConfig())
         self.bars = []
         self.fills = []
 
