@@ -25,6 +25,7 @@ from liu.plan import TradePlan
 from liu.plugins import instantiate
 from liu.runner import Keystore, StrategyRunner
 from liu.stats import SharedStats
+from liu.store import TradeWriter, load_keystore, save_keystore
 from liu.strategy import Strategy
 from liu.transport import BATCH, ChannelReader
 
@@ -147,21 +148,19 @@ class Consumer:
 
     async def _tick(self) -> None:
         """Housekeeping every 250 ms: close quiet symbols' bars (live only), save keystores."""
-        from liu.store import save_keystore
-
         while True:
             await asyncio.sleep(0.25)
             if self.clock is not None and self.clock.realtime:
                 await self.runner.flush_bars(self.clock.now_ns())
-            await self._save_keystores(save_keystore)
+            await self._save_keystores()
 
-    async def _save_keystores(self, save) -> None:
+    async def _save_keystores(self) -> None:
         if self.setup.dsn is None:
             return
         for name, ks in self.keystores.items():
             items = ks.take_dirty()
             if items:
-                await save(self.setup.dsn, name, items)
+                await save_keystore(self.setup.dsn, name, items)
 
     def report(self) -> ConsumerReport:
         c = self.runner.counts
@@ -214,8 +213,6 @@ def consumer_main(setup: ConsumerSetup, channel: Connection, results: Connection
     )
 
     async def main() -> None:
-        from liu.store import TradeWriter, load_keystore
-
         keystores: dict[str, Keystore] = {}
         writer = None
         if setup.dsn is not None:
@@ -229,10 +226,11 @@ def consumer_main(setup: ConsumerSetup, channel: Connection, results: Connection
             await consumer.run(reader)
         finally:
             if writer is not None:
-                from liu.store import save_keystore
-
-                await consumer._save_keystores(save_keystore)
-                await writer.close()
+                try:
+                    await consumer._save_keystores()
+                    await writer.close()
+                except Exception:  # still report what happened; the runs get closed by the main process
+                    log.exception("final database flush failed")
             results.send(consumer.report())
 
     uvloop.run(main())

@@ -122,6 +122,7 @@ class Daemon:
         self.session: Session | None = None
         self.sent_by_server: int | None = None
         self.stats: SharedStats | None = None
+        self._pending_subs = 0  # Subscribe messages the producer has not acknowledged yet
 
     # -- start-up -------------------------------------------------------
     async def _database(self) -> None:
@@ -273,12 +274,8 @@ class Daemon:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, session.end, sig.name)
 
-            if plan.source.kind == "replay":
-                speed = None if plan.session.speed == "max" else float(plan.session.speed)
-                data0 = first_ts or time.time_ns()
-            else:
-                speed = None if plan.session.speed == "max" else float(plan.session.speed)
-                data0 = _sim_epoch(plan)
+            speed = None if plan.session.speed == "max" else float(plan.session.speed)
+            data0 = (first_ts or time.time_ns()) if plan.source.kind == "replay" else _sim_epoch(plan)
             scan_runner = ScannerRunner(scanners, universe)
             if not scanners:  # no scanner: every strategy trades the whole universe
                 await self._subscribe(Assign(tuple(universe), (), ""))
@@ -309,7 +306,7 @@ class Daemon:
 
     async def _subscribe(self, assign: Assign) -> None:
         self.control.send(Subscribe(assign))
-        self._pending_subs = getattr(self, "_pending_subs", 0) + 1
+        self._pending_subs += 1
 
     async def _scan(self, runner: ScannerRunner, now: int, add_trending) -> None:
         for sched, symbols in await runner.run_due(now):
@@ -325,7 +322,7 @@ class Daemon:
 
     async def _wait_subscribed(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while getattr(self, "_pending_subs", 0) > 0:
+        while self._pending_subs > 0:
             if self.session.reason is not None:
                 return
             if time.monotonic() > deadline:

@@ -102,6 +102,7 @@ class Producer:
         self._stopping: Stop | None = None
         self._stopped = asyncio.Event()
         self.gaps: list[float] = []
+        self._awaiting: list[set[str]] = []
         self._a = stats.array
         self._i_frames = stats.producer_index("frames")
         self._i_events = stats.producer_index("events")
@@ -121,9 +122,13 @@ class Producer:
             per.setdefault(shard_of(s, n), []).append(s)
         for i, syms in per.items():
             self.writers[i].send_control(Assign(tuple(syms), assign.strategies, assign.scanner))
-        if new and self._ws is not None:
+        if not new:
+            self.notify(("subscribed", ()))
+            return
+        # Confirmed only when the server's ack lists them: data sent before that would not reach us.
+        self._awaiting.append(set(new))
+        if self._ws is not None:
             await self._send_subscribe(new)
-        self.notify(("subscribed", tuple(new)))
 
     def start(self, msg: Start) -> None:
         for w in self.writers:
@@ -266,6 +271,11 @@ class Producer:
         t = m.get("T")
         if t == "success" and m.get("msg") == "end of data":
             self.notify(("source_ended", m.get("events", 0)))
+        elif t == "subscription":
+            acked = set(m.get(self.kinds[0]) or ())
+            for waiting in [w for w in self._awaiting if "*" in acked or w <= acked]:
+                self._awaiting.remove(waiting)
+                self.notify(("subscribed", tuple(sorted(waiting))))
         elif t == "error":
             log.error("market data server error %s: %s", m.get("code"), m.get("msg"))
 

@@ -57,13 +57,14 @@ async def _db_rows(dsn: str, batch_id: str):
         runs = await conn.fetch("select * from algo_run where batch_id = $1", batch_id)
         fills = await conn.fetch("select * from trades where batch_id = $1", batch_id)
         orders = await conn.fetch("select * from orders where batch_id = $1", batch_id)
+        keystore = await conn.fetch("select * from keystore where algo_name = 'sma_cross'")
     finally:
         await conn.close()
-    return runs, fills, orders
+    return runs, fills, orders, keystore
 
 
 def check_session(summary: dict, dsn: str, consumers: int, reason: str, log: str = "") -> list:
-    runs, fills, orders = asyncio.run(_db_rows(dsn, summary["batch_id"]))
+    runs, fills, orders, keystore = asyncio.run(_db_rows(dsn, summary["batch_id"]))
     # algo_run rows: one per strategy per consumer, all closed with the reason.
     assert len(runs) == consumers
     assert [(r["end_reason"], r["end_time"] is not None) for r in runs] == [(reason, True)] * consumers, log[
@@ -91,6 +92,8 @@ def check_session(summary: dict, dsn: str, consumers: int, reason: str, log: str
     )
     assert stored == broker
     assert len(orders) == sum(c["orders"] for c in summary["consumers"])
+    if broker:  # the strategy counts its fills in its persistent keystore
+        assert [r["key"] for r in keystore] == ["fills"]
     return broker
 
 
