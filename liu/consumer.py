@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import gc
 import logging
 import signal
 import time
@@ -220,6 +221,7 @@ def consumer_main(setup: ConsumerSetup, channel: Connection, results: Connection
                 keystores[sp.label] = Keystore(await load_keystore(setup.dsn, sp.label))
             writer = await TradeWriter.open(setup.dsn, setup.batch_id, setup.run_ids)
         runner = build_runner(setup, keystores, writer)
+        gc.freeze()  # long-lived objects from imports and set-up: keep full collections short
         consumer = Consumer(setup, runner, writer, keystores)
         reader = ChannelReader(channel, consumer.on_frame, consumer.on_eof)
         try:

@@ -24,11 +24,12 @@ COLUMNS = ("ts", "open", "high", "low", "close", "volume")
 class BarHistory:
     """Append-only OHLCV arrays for one symbol; `close` etc. are views of the filled part."""
 
-    __slots__ = ("_data", "n")
+    __slots__ = ("_data", "n", "_views")
 
     def __init__(self, capacity: int = 256) -> None:
         self._data = np.empty((6, capacity), dtype=np.float64)
         self.n = 0
+        self._views: dict[str, np.ndarray] = {}  # valid until the next append
 
     def append(self, ts: int, o: float, h: float, lo: float, c: float, v: float) -> None:
         if self.n == self._data.shape[1]:
@@ -38,14 +39,17 @@ class BarHistory:
         col = self._data[:, self.n]
         col[0], col[1], col[2], col[3], col[4], col[5] = ts, o, h, lo, c, v
         self.n += 1
+        self._views.clear()
 
     def __len__(self) -> int:
         return self.n
 
     def column(self, name: str) -> np.ndarray:
         """A read-only view of one column (float64), oldest first."""
-        view = self._data[COLUMNS.index(name), : self.n]
-        view.flags.writeable = False
+        view = self._views.get(name)
+        if view is None:
+            view = self._views[name] = self._data[COLUMNS.index(name), : self.n]
+            view.flags.writeable = False
         return view
 
     @property
@@ -126,6 +130,7 @@ class Features:
     def __init__(self) -> None:
         self.history: dict[str, BarHistory] = {}
         self._indicators: dict[str, dict[tuple, StreamIndicator]] = {}
+        self._fast: dict[tuple, StreamIndicator] = {}
 
     def bars(self, symbol: str) -> BarHistory:
         hist = self.history.get(symbol)
@@ -136,6 +141,10 @@ class Features:
     def indicator(self, symbol: str, name: str, **params: Any) -> StreamIndicator:
         """The indicator for (symbol, name, params), created on first use from the stored history."""
         per_symbol = self._indicators.setdefault(symbol, {})
+        fast = (name, *params.items())  # as the caller spelled it: the per-event path
+        ind = self._fast.get((symbol, fast))
+        if ind is not None:
+            return ind
         key = (name.upper(), tuple(sorted(params.items())))
         ind = per_symbol.get(key)
         if ind is None:
@@ -143,6 +152,7 @@ class Features:
             hist = self.bars(symbol)
             if hist.n:
                 ind.on_bar(hist)
+        self._fast[(symbol, fast)] = ind
         return ind
 
     def add_bar(self, symbol: str, ts: int, o: float, h: float, lo: float, c: float, v: float) -> None:

@@ -109,6 +109,8 @@ class Producer:
         self._i_unroutable = stats.producer_index("unroutable")
         self._i_sent = [stats.consumer_index(i, "sent") for i in range(len(writers))]
         self._i_backlog = [stats.consumer_index(i, "backlog_bytes") for i in range(len(writers))]
+        for i, w in enumerate(writers):
+            w.on_backlog = lambda size, k=self._i_backlog[i]: self._a.__setitem__(k, size)
 
     # -- control --------------------------------------------------------
     async def subscribe(self, assign: Assign) -> None:

@@ -122,6 +122,7 @@ class StrategyRunner:
         self.routes: dict[str, list[_Slot]] = {}
         self.last_price: dict[str, float] = {}
         self.now = 0
+        self.recv_ns = 0  # wall time the producer received the event being handled
         self._next_portfolio = 0
         self._seq = 0
         self._bar: dict[str, list] = {}
@@ -222,14 +223,20 @@ class StrategyRunner:
                 if self._fills:
                     await self._dispatch_fills()
                 if self.bars_from_trades:
-                    await self._update_bar(sym, ts, price, ev[4])
+                    closed = self._update_bar(sym, ts, price, ev[4])
+                    if closed is not None:
+                        await self._close_bar(closed)
                 route = self.routes.get(sym)
                 if route:
+                    self.recv_ns = ev[-1]
                     for slot in route:
                         if slot.on_trade and slot.open_at(ts):
-                            await self._call(
-                                slot, slot.strategy.on_trade, Trade(sym, ts, price, ev[4]), "on_trade", sym
+                            # Called inline (no coroutine per event); only results need awaiting.
+                            result = self._invoke(
+                                slot, slot.strategy.on_trade, Trade(sym, ts, price, ev[4]), sym
                             )
+                            if result:
+                                await self._handle(slot, result, "on_trade", sym)
             elif kind == QUOTE:
                 broker.on_quote(sym, ts, ev[3], ev[5])
                 if self._fills:
@@ -249,12 +256,13 @@ class StrategyRunner:
             if ts >= self._next_portfolio:
                 await self._portfolio(ts)
 
-    async def _update_bar(self, sym: str, ts: int, price: float, size: float) -> None:
+    def _update_bar(self, sym: str, ts: int, price: float, size: float) -> Bar | None:
+        """Fold a trade into the symbol's minute bar; return the bar it closed, if any."""
         minute = ts // MINUTE
         bar = self._bar.get(sym)
         if bar is None:
             self._bar[sym] = [minute, price, price, price, price, size]
-            return
+            return None
         if minute == bar[0]:
             if price > bar[2]:
                 bar[2] = price
@@ -262,11 +270,11 @@ class StrategyRunner:
                 bar[3] = price
             bar[4] = price
             bar[5] += size
-            return
+            return None
         if minute < bar[0]:  # late print for a closed minute: counts for the price, not the bar
-            return
+            return None
         self._bar[sym] = [minute, price, price, price, price, size]
-        await self._close_bar(Bar(sym, bar[0] * MINUTE, bar[1], bar[2], bar[3], bar[4], bar[5]))
+        return Bar(sym, bar[0] * MINUTE, bar[1], bar[2], bar[3], bar[4], bar[5])
 
     async def flush_bars(self, now_ns: int, grace_ns: int = 2 * 10**9) -> None:
         """Close bars whose minute ended before `now_ns - grace_ns` (live: quiet symbols still get bars)."""
@@ -308,13 +316,25 @@ class StrategyRunner:
 
     # -- calling user code ----------------------------------------------
     async def _call(self, slot: _Slot, hook, arg: Any, name: str, symbol: str) -> None:
+        result = self._invoke(slot, hook, arg, symbol, name)
+        if result:
+            await self._handle(slot, result, name, symbol)
+
+    def _invoke(self, slot: _Slot, hook, arg: Any, symbol: str, name: str = "on_trade") -> Any:
         try:
-            result = hook(slot.ctx) if arg is None else hook(arg, slot.ctx)
-            if result.__class__ is CoroutineType:
-                result = await result
+            return hook(slot.ctx) if arg is None else hook(arg, slot.ctx)
         except Exception:
             self._strategy_failed(slot, name, symbol, traceback.format_exc())
-            return
+            return None
+
+    async def _handle(self, slot: _Slot, result: Any, name: str, symbol: str) -> None:
+        """Await an async hook's result, then place the orders it returned."""
+        if result.__class__ is CoroutineType:
+            try:
+                result = await result
+            except Exception:
+                self._strategy_failed(slot, name, symbol, traceback.format_exc())
+                return
         if result:
             await self._place(slot, result, name)
 

@@ -53,6 +53,11 @@ class Context:
         return self._runner.now
 
     @property
+    def received_ns(self) -> int:
+        """Wall time (ns) at which the producer received the trade being handled (for latency)."""
+        return self._runner.recv_ns
+
+    @property
     def cash(self) -> float:
         """Cash available for new positions (account cash minus reservations and margin)."""
         return self._runner.broker.available_cash()

@@ -48,6 +48,7 @@ class ChannelWriter:
         self._watching = False
         self._drained: asyncio.Event | None = None
         self.closed = False
+        self.on_backlog: Callable[[int], None] = lambda size: None  # told when the backlog shrinks
 
     @property
     def backlog_bytes(self) -> int:
@@ -93,6 +94,7 @@ class ChannelWriter:
             self.closed = True
             n = len(self._backlog)
         del self._backlog[:n]
+        self.on_backlog(len(self._backlog))
         if not self._backlog:
             self._loop.remove_writer(self.fd)
             self._watching = False

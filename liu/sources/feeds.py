@@ -5,8 +5,9 @@ A feed yields frames paced by a `liu.clock.Clock`:
 * a `list[dict]` of Alpaca-shaped messages (see `liu.sources.protocol`); the
   server filters it per connection subscription and msgpack-encodes it, or
 * an `Encoded` frame: ready msgpack bytes holding `count` messages of any
-  symbol. The server sends it as-is to connections subscribed to "*" on every
-  channel the feed emits (`Feed.types`), and to no one else.
+  symbol. The server sends it as-is to connections subscribed to "*" (or to
+  every symbol of `universe()`) on every channel the feed emits (`Feed.types`),
+  and to no one else.
 
 Feeds:
 * `liu.sources.sim.SimFeed`: seeded synthetic trades / quotes / bars, endless.

@@ -37,10 +37,11 @@ _MISSING = object()
 
 
 class _Conn:
-    __slots__ = ("ws", "authed", "subs", "route", "sig", "sent")
+    __slots__ = ("ws", "authed", "subs", "route", "sig", "sent", "universe")
 
-    def __init__(self, ws: ServerConnection) -> None:
+    def __init__(self, ws: ServerConnection, universe: frozenset[str] = frozenset()) -> None:
         self.ws = ws
+        self.universe = universe  # the feed's symbols: a set covering them all counts as "*"
         self.authed = False
         self.subs: dict[str, set[str]] = {ch: set() for ch in KNOWN_CHANNELS}
         self.route: dict[str, set[str] | None] = {}  # message type → symbols (None = all)
@@ -52,7 +53,8 @@ class _Conn:
         for typ, ch in P.CHANNEL_OF_TYPE.items():
             syms = self.subs[ch]
             if syms:
-                route[typ] = None if "*" in syms else set(syms)
+                every = "*" in syms or (self.universe and self.universe <= syms)
+                route[typ] = None if every else set(syms)
         self.route = route
         self.sig = tuple(sorted((t, None if s is None else tuple(sorted(s))) for t, s in route.items()))
 
@@ -116,6 +118,7 @@ class MarketDataServer:
         self._server: Server | None = None
         self._feed_task: asyncio.Task | None = None
         self._sub_changed = asyncio.Condition()
+        self._universe: frozenset[str] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -243,7 +246,9 @@ class MarketDataServer:
     # -- connections -----------------------------------------------------------
 
     async def _handler(self, ws: ServerConnection) -> None:
-        conn = _Conn(ws)
+        if self._universe is None:
+            self._universe = frozenset(self.feed.universe())
+        conn = _Conn(ws, self._universe)
         self._conns[ws] = conn
         try:
             await ws.send(P.CONNECTED)
