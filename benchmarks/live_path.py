@@ -1,0 +1,683 @@
+"""liu's live path end to end: sim server → producer → consumers → strategy, against a Queue baseline.
+
+Reproduce:  .venv/bin/python benchmarks/live_path.py [--json PATH] [--consumers 1] [--symbols 500]
+                [--seconds 3] [--rates 50k,100k,...] [--baseline-rates ...] [--no-cold-start] [--profile]
+
+Processes are wired exactly as liu/daemon.py does (forkserver context, one Pipe(duplex=False) per
+consumer, Subscribe(Assign(all symbols)), wait for "subscribed", Start(ClockSpec) to the producer,
+("start", spec) to the server, Stop at the end, ConsumerReports back). The server is liu's
+MarketDataServer with a pre-encoded SimFeed (trades only, 200 per frame); its rate is changed per step.
+
+Figures: highest sustained offered rate (every event consumed, queue depth not growing, no stale
+drops at --stale-after), p50/p99 latency from producer receive to the strategy callback at 80 % of
+that rate, stale drops, consumer RSS, cold start of `trader`, and the same ramp for the
+one-`mp.Queue.put`-per-event baseline (see benchmarks/_baseline.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import re
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from array import array
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from _baseline import (  # noqa: E402
+    BenchSetup,
+    baseline_consumer_main,
+    baseline_producer_main,
+    bench_consumer_main,
+    bench_serve,
+)
+
+from liu.brokers.account import Account  # noqa: E402
+from liu.clock import ClockSpec  # noqa: E402
+from liu.events import Assign, Start, Stop, Subscribe  # noqa: E402
+from liu.plan import parse_plan  # noqa: E402
+from liu.producer import producer_main  # noqa: E402
+from liu.stats import SharedStats  # noqa: E402
+
+STRATEGY = str(HERE / "bench_strategy.py")
+KEY, SECRET = "bench", "bench-secret"
+
+
+def _rates(text: str) -> list[int]:
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        out.append(int(float(part[:-1]) * 1000) if part.endswith("k") else int(float(part)))
+    return out
+
+
+def _pct(values: list[int] | array, q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process (all threads), in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+
+def loadavg() -> float:
+    return os.getloadavg()[0]
+
+
+class Pipeline:
+    """Server + producer + N consumers, liu's transport or the Queue baseline."""
+
+    def __init__(
+        self, mode: str, consumers: int, symbols: int, batch: int, stale_after: float, work: bool = True
+    ) -> None:
+        self.mode = mode
+        self.n = consumers
+        ctx = self.ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["liu.consumer", "liu.producer", "liu.sources.server", "_baseline"])
+        self.plan = parse_plan(
+            {
+                "consumers": {"count": consumers, "stale_after": stale_after},
+                "source": {"kind": "sim", "symbols": symbols, "batch": batch, "bars": "trades"},
+                "strategies": [
+                    {
+                        "name": "bench",
+                        "file": STRATEGY,
+                        "class": "LiveBench",
+                        "config": {"warm_symbols": symbols, "work": work},
+                    }
+                ],
+            },
+            source="live_path benchmark",
+        )
+        self.server_conn, child = ctx.Pipe()
+        self.server = ctx.Process(
+            target=bench_serve,
+            args=({"symbols": symbols, "batch": batch, "key": KEY, "secret": SECRET}, child),
+            name="bench-marketdata",
+            daemon=True,
+        )
+        self.server.start()
+        child.close()
+        if not self.server_conn.poll(60):
+            raise RuntimeError("server did not start")
+        _, port, self.symbols = self.server_conn.recv()
+        url = f"ws://127.0.0.1:{port}"
+        self.stats = SharedStats(consumers, ctx)
+        self.control = ctx.RawArray("q", 2)
+        self.account = Account(self.plan.broker.cash, shared=True, ctx=ctx)
+        self.consumers, self.results, chans = [], [], []
+        for i in range(consumers):
+            res_r, res_w = ctx.Pipe(duplex=False)
+            setup = BenchSetup(
+                i, self.plan, "benchbatch", {}, None, self.account, self.stats, control=self.control
+            )
+            if mode == "liu":
+                r, w = ctx.Pipe(duplex=False)
+                p = ctx.Process(target=bench_consumer_main, args=(setup, r, res_w), name=f"liu-consumer-{i}")
+            else:
+                w = r = ctx.Queue()
+                p = ctx.Process(
+                    target=baseline_consumer_main, args=(setup, r, res_w), name=f"base-consumer-{i}"
+                )
+            p.start()
+            if mode == "liu":
+                r.close()
+            res_w.close()
+            chans.append(w)
+            self.consumers.append(p)
+            self.results.append(res_r)
+        main_end, prod_end = ctx.Pipe()
+        target = producer_main if mode == "liu" else baseline_producer_main
+        self.producer = ctx.Process(
+            target=target,
+            args=(url, KEY, SECRET, chans, prod_end, self.stats, ("trades", "quotes")),
+            name=f"{mode}-producer",
+        )
+        self.producer.start()
+        prod_end.close()
+        if mode == "liu":
+            for w in chans:
+                w.close()
+        self.ctl = main_end
+        self.ctl.send(Subscribe(Assign(tuple(self.symbols), (), "")))
+        if not self.ctl.poll(30):
+            raise RuntimeError("producer did not answer the subscription")
+        msg = self.ctl.recv()
+        if msg[0] != "subscribed":
+            raise RuntimeError(f"producer: {msg}")
+        now = time.time_ns()
+        spec = ClockSpec(now, now, 1.0)  # data time = wall time: trade.ts is the server's send time
+        self.ctl.send(Start(spec))
+        self.server_conn.send(("start", spec))
+
+    # -- measuring -------------------------------------------------------
+    def depth(self) -> tuple[int, int, int, int]:
+        """(sent, received, processed+stale, backlog) summed over consumers."""
+        sent = rec = done = back = 0
+        for i in range(self.n):
+            c = self.stats.consumer(i)
+            sent += c["sent"]
+            rec += c["received"]
+            done += c["processed"] + c["stale"]
+            back += c["backlog_bytes"]
+        return sent, rec, done, back
+
+    def totals(self) -> dict[str, int]:
+        t = {"processed": 0, "stale": 0, "received": 0, "sent": 0}
+        for i in range(self.n):
+            c = self.stats.consumer(i)
+            for k in t:
+                t[k] += c[k]
+        t["producer_events"] = self.stats.producer()["events"]
+        return t
+
+    def set_rate(self, rate: int) -> tuple[int, float]:
+        """Restart the server's feed at `rate` (0 = pause); (events sent so far, server's monotonic time)."""
+        self.server_conn.send(("rate", rate))
+        if not self.server_conn.poll(30):
+            raise RuntimeError("server did not answer")
+        _, sent, t = self.server_conn.recv()
+        return sent, t
+
+    def settle(self, timeout: float = 30) -> bool:
+        """Wait until the producer has stopped receiving and every consumer has what it was sent.
+
+        Not backlog_bytes: the producer refreshes it only when a frame arrives (see README).
+        """
+        deadline = time.monotonic() + timeout
+        last, since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            ev = self.stats.producer()["events"]
+            sent, rec, _, _ = self.depth()
+            if ev != last:
+                last, since = ev, time.monotonic()
+            elif rec == sent and time.monotonic() - since >= 0.1:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def step(self, rate: int, seconds: float, step_id: int, stride: int) -> dict:
+        self.settle()
+        before = self.totals()
+        self.control[1] = stride
+        self.control[0] = step_id
+        load0 = loadavg()
+        procs = {"server": self.server.pid, "producer": self.producer.pid}
+        procs |= {f"consumer{i}": p.pid for i, p in enumerate(self.consumers)}
+        cpu0 = {k: cpu_s(pid) for k, pid in procs.items()}
+        s0, ts0 = self.set_rate(rate)
+        t0 = time.monotonic()
+        samples = []
+        while time.monotonic() - t0 < seconds:
+            time.sleep(0.1)
+            sent, rec, _, back = self.depth()
+            samples.append((time.monotonic() - t0, sent - rec, back))
+        s1, ts1 = self.set_rate(0)
+        t1 = time.monotonic()
+        cpu1 = {k: cpu_s(pid) for k, pid in procs.items()}
+        self.control[0] = 0
+        ok_drain = self.settle()
+        drain = time.monotonic() - t1 - 0.1  # settle() waits 0.1 s of quiet
+        cpu2 = {k: cpu_s(pid) for k, pid in procs.items()}
+        # CPU share of one core during the step, and CPU µs per event including the drain
+        cpu_share = {k: round((cpu1[k] - cpu0[k]) / (t1 - t0), 2) for k in procs}
+        after = self.totals()
+        d = {k: after[k] - before[k] for k in after}
+        # What entered liu (the producer's count); the server's own count can miss the frame
+        # in flight when its feed task is cancelled.
+        offered = d["producer_events"]
+        dur = ts1 - ts0  # the server's own start → stop of the feed
+        half = [s for s in samples if s[0] >= seconds / 2]
+        first = [s for s in samples if s[0] < seconds / 2]
+        end_depth = statistics.mean(x[1] for x in samples[-3:]) if samples else 0
+        grow = (
+            (statistics.mean(x[1] for x in half) - statistics.mean(x[1] for x in first)) / (seconds / 2)
+            if half and first
+            else 0.0
+        )
+        achieved = (s1 - s0) / dur
+        sustained = (
+            ok_drain
+            and achieved >= 0.97 * rate
+            and d["processed"] == offered
+            and d["stale"] == 0
+            and end_depth <= 0.1 * rate
+            and grow <= 0.02 * rate
+        )
+        return {
+            "target_rate": rate,
+            "offered": offered,
+            "seconds": round(dur, 3),
+            "offered_rate": round(achieved),
+            "producer_events": d["producer_events"],
+            "processed": d["processed"],
+            "stale": d["stale"],
+            "max_depth_events": max((x[1] for x in samples), default=0),
+            "end_depth_events": round(end_depth),
+            "depth_growth_per_s": round(grow),
+            "max_backlog": max((x[2] for x in samples), default=0),
+            "drain_s": round(drain, 3),
+            "loadavg": round(load0, 2),
+            "cpu_share": cpu_share,
+            "cpu_us_per_event": {k: round((cpu2[k] - cpu0[k]) / max(offered, 1) * 1e6, 2) for k in procs},
+            "sustained": bool(sustained),
+        }
+
+    def pids(self) -> dict[str, int | list[int]]:
+        return {
+            "producer": self.producer.pid,
+            "consumers": [p.pid for p in self.consumers],
+            "server": self.server.pid,
+        }
+
+    def close(self) -> list:
+        self.ctl.send(Stop("benchmark end"))
+        reports = []
+        for conn in self.results:
+            if conn.poll(60):
+                try:
+                    reports.append(conn.recv())
+                except EOFError:
+                    pass
+        for p in [*self.consumers, self.producer]:
+            p.join(10)
+            if p.exitcode is None:
+                p.kill()
+        try:
+            self.server_conn.send(("stop",))
+            self.server_conn.poll(5)
+        except OSError:
+            pass
+        self.server.join(5)
+        if self.server.exitcode is None:
+            self.server.kill()
+        return reports
+
+
+def latency_stats(reports: list, step_id: int) -> dict:
+    lat, srv = array("q"), array("q")
+    for rep in reports:
+        got = getattr(rep, "bench", {}).get(step_id)
+        if got:
+            a, b = array("q"), array("q")
+            a.frombytes(got[0])
+            b.frombytes(got[1])
+            lat.extend(a)
+            srv.extend(b)
+    if not lat:
+        return {"samples": 0}
+    tr = array("q")
+    for rep in reports:
+        got = getattr(rep, "bench_transport", {}).get(step_id)
+        if got:
+            tr.frombytes(got)
+    return {
+        "transport_batches": len(tr),
+        "transport_p50_us": round(_pct(tr, 0.50) / 1000, 1),
+        "transport_p99_us": round(_pct(tr, 0.99) / 1000, 1),
+        "samples": len(lat),
+        "p50_us": round(_pct(lat, 0.50) / 1000, 1),
+        "p99_us": round(_pct(lat, 0.99) / 1000, 1),
+        "max_us": round(max(lat) / 1000, 1),
+        "server_to_callback_p50_us": round(_pct(srv, 0.50) / 1000, 1),
+        "server_to_callback_p99_us": round(_pct(srv, 0.99) / 1000, 1),
+    }
+
+
+def profile(pids: dict[str, int], seconds: float) -> dict:
+    """py-spy (if installed) on the given processes: top self-time functions, in % of samples."""
+    exe = os.environ.get("PY_SPY") or next(
+        (p for p in ("/tmp/pyspy/bin/py-spy", str(REPO / ".venv/bin/py-spy")) if Path(p).exists()), None
+    )
+    if exe is None:
+        return {"error": "py-spy not found (pip install py-spy, or set PY_SPY)"}
+    procs, outs = {}, {}
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, ["/tmp/pyspy", os.environ.get("PYTHONPATH")]))
+    )
+    for name, pid in pids.items():
+        out = Path(tempfile.mkstemp(suffix=".txt")[1])
+        outs[name] = out
+        procs[name] = subprocess.Popen(
+            [
+                exe,
+                "record",
+                "-p",
+                str(pid),
+                "-d",
+                str(int(seconds)),
+                "-r",
+                "200",
+                "-f",
+                "raw",
+                "-o",
+                str(out),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+    result = {}
+    for name, p in procs.items():
+        p.wait(seconds + 30)
+        self_t: dict[str, int] = {}
+        incl: dict[str, int] = {}
+        total = 0
+        for line in outs[name].read_text().splitlines():
+            stack, _, n = line.rpartition(" ")
+            if not n.isdigit():
+                continue
+            k = int(n)
+            total += k
+            frames = stack.split(";")
+            leaf = re.sub(r" \(.*?/", " (", frames[-1])
+            self_t[leaf] = self_t.get(leaf, 0) + k
+            for f in set(frames):
+                f = re.sub(r" \(.*?/", " (", f)
+                incl[f] = incl.get(f, 0) + k
+        outs[name].unlink(missing_ok=True)
+        if total:
+            result[name] = {
+                "samples": total,
+                "self_top": [
+                    (f, round(100 * v / total, 1))
+                    for f, v in sorted(self_t.items(), key=lambda x: -x[1])[:12]
+                ],
+                "inclusive_top": [
+                    (f, round(100 * v / total, 1)) for f, v in sorted(incl.items(), key=lambda x: -x[1])[:25]
+                ],
+            }
+    return result
+
+
+def ramp(mode: str, rates: list[int], args, latency: bool, prof: bool) -> dict:
+    t_start = time.monotonic()
+    pipe = Pipeline(mode, args.consumers, args.symbols, args.batch, args.stale_after, not args.no_work)
+    out: dict = {"mode": mode, "steps": []}
+    try:
+        pipe.set_rate(20_000)  # warm up: every symbol's indicators open, caches filled
+        time.sleep(1.0)
+        pipe.set_rate(0)
+        best = 0
+        step_id = 0
+        failures = 0
+        for rate in rates:
+            step_id += 1
+            r = pipe.step(rate, args.seconds, step_id, 64)
+            out["steps"].append(r)
+            print(
+                f"  [{mode}] {rate:>7,}/s offered {r['offered_rate']:>7,}/s processed {r['processed']:>8,}"
+                f"/{r['offered']:<8,} stale {r['stale']:<6} depth end {r['end_depth_events']:<7} "
+                f"growth {r['depth_growth_per_s']:>7}/s drain {r['drain_s']:.2f}s load {r['loadavg']:.1f} "
+                f"{'OK' if r['sustained'] else 'NOT sustained'}",
+                flush=True,
+            )
+            print(
+                "      CPU share of a core "
+                + ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_share"].items())
+                + "; µs/event "
+                + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_us_per_event"].items()),
+                flush=True,
+            )
+            if r["sustained"]:
+                best = rate
+                failures = 0
+            else:
+                failures += 1
+                if failures >= 2:  # one retry: the machine is shared
+                    break
+        out["sustained_rate"] = best
+        if latency and best:
+            lat_rate = int(0.8 * best)
+            step_id += 1
+            r = pipe.step(lat_rate, args.latency_seconds, step_id, 1)
+            reports_needed = step_id
+            out["latency_step"] = r
+            out["latency_step_id"] = reports_needed
+        if prof and best:
+            pipe.set_rate(best)
+            time.sleep(0.5)
+            pids = {"producer": pipe.producer.pid, "consumer0": pipe.consumers[0].pid}
+            out["profile_rate"] = best
+            out["profile"] = profile(pids, 4)
+            pipe.set_rate(0)
+            pipe.settle()
+        out["consumer_rss_kb"] = [rss_kb(p.pid) for p in pipe.consumers]
+        out["producer_rss_kb"] = rss_kb(pipe.producer.pid)
+    finally:
+        reports = pipe.close()
+    out["stale_total"] = sum(r.stale for r in reports)
+    out["processed_total"] = sum(r.processed for r in reports)
+    out["strategy_errors"] = sum(r.strategy_errors for r in reports)
+    out["consumer_gc"] = [getattr(r, "bench_gc", None) for r in reports]  # gen: [count, total s, max s]
+    if "latency_step_id" in out:
+        out["latency"] = latency_stats(reports, out.pop("latency_step_id"))
+    out["wall_s"] = round(time.monotonic() - t_start, 1)
+    return out
+
+
+# -- cold start ------------------------------------------------------------------
+
+
+def cold_start(tmp: Path, symbols: int, timeout: float = 60) -> dict:
+    plan = f"""
+[session]
+duration = "60s"
+speed = 1
+[source]
+kind = "sim"
+symbols = {symbols}
+rate = 20000
+bars = "trades"
+[database]
+data_dir = "{tmp / "pgdata"}"
+[consumers]
+count = "auto"
+stale_after = "5s"
+[[strategies]]
+name = "bench"
+file = "{STRATEGY}"
+class = "LiveBench"
+"""
+    path = tmp / "tradeplan.toml"
+    path.write_text(plan)
+    cmd = [str(REPO / ".venv/bin/trader"), "--plan", str(path)]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    found = threading.Event()
+    marks: dict[str, float] = {}
+    tail: list[str] = []
+
+    def read() -> None:
+        for line in proc.stderr:
+            tail.append(line)
+            del tail[:-30]
+            now = time.monotonic() - t0
+            if "clock started" in line and "clock" not in marks:
+                marks["clock"] = now
+                m = re.search(r"([\d.]+)s after spawning", line)
+                if m:
+                    marks["spawn_to_clock"] = float(m.group(1))
+            if "first event processed" in line and not found.is_set():
+                marks["first"] = now
+                found.set()
+
+    th = threading.Thread(target=read, daemon=True)
+    th.start()
+    ok = found.wait(timeout)
+    proc.send_signal(signal.SIGINT)
+    t_int = time.monotonic()
+    try:
+        code = proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = None
+    res = {
+        "first_event_s": round(marks["first"], 3) if ok else None,
+        "clock_started_s": round(marks["clock"], 3) if "clock" in marks else None,
+        "spawn_to_clock_s": marks.get("spawn_to_clock"),
+        "exit_after_sigint_s": round(time.monotonic() - t_int, 2),
+        "exit_code": code,
+        "command": shlex.join(cmd),
+    }
+    if not ok:
+        res["stderr_tail"] = "".join(tail)
+    return res
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    p.add_argument("--consumers", type=int, default=1)
+    p.add_argument("--symbols", type=int, default=500)
+    p.add_argument("--batch", type=int, default=200, help="messages per server frame")
+    p.add_argument("--seconds", type=float, default=3.0, help="length of each rate step")
+    p.add_argument("--latency-seconds", type=float, default=5.0)
+    p.add_argument("--stale-after", type=float, default=5.0)
+    p.add_argument("--rates", default="25k,50k,75k,100k,150k,200k,250k,300k,400k,500k")
+    p.add_argument("--baseline-rates", default="10k,15k,20k,25k,35k,50k,75k,100k")
+    p.add_argument("--no-baseline", action="store_true")
+    p.add_argument(
+        "--no-work", action="store_true", help="strategy does no bar/indicator work (transport only)"
+    )
+    p.add_argument("--no-cold-start", action="store_true")
+    p.add_argument(
+        "--profile", action="store_true", help="py-spy the producer and a consumer at the sustained rate"
+    )
+    args = p.parse_args()
+    cmd = shlex.join([".venv/bin/python", "benchmarks/live_path.py", *sys.argv[1:]])
+    t0 = time.monotonic()
+    res: dict = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{os.cpu_count()} cores, Python {sys.version.split()[0]}",
+        "command": cmd,
+        "params": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "loadavg_start": round(loadavg(), 2),
+    }
+    print(
+        f"live path: {args.consumers} consumer(s), {args.symbols} symbols, {args.seconds}s steps; "
+        f"load {res['loadavg_start']}",
+        flush=True,
+    )
+    res["liu"] = ramp("liu", _rates(args.rates), args, latency=True, prof=args.profile)
+    if not args.no_baseline:
+        res["baseline"] = ramp("queue", _rates(args.baseline_rates), args, latency=True, prof=args.profile)
+    if not args.no_cold_start:
+        with tempfile.TemporaryDirectory(prefix="liu-cold-") as d:
+            first = cold_start(Path(d), args.symbols)
+            second = cold_start(Path(d), args.symbols)
+        res["cold_start"] = {"first": first, "second": second}
+    res["wall_s"] = round(time.monotonic() - t0, 1)
+    res["loadavg_end"] = round(loadavg(), 2)
+    report(res)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+def report(res: dict) -> None:
+    liu = res["liu"]
+    print()
+    print(f"== {res['date']}, {res['machine']}, load {res['loadavg_start']} → {res['loadavg_end']}")
+    print(f"command: {res['command']}")
+    print(f"1. sustained (liu): {liu['sustained_rate']:,} events/s")
+    lat = liu.get("latency", {})
+    if lat.get("samples"):
+        print(
+            f"2. latency at {liu['latency_step']['target_rate']:,}/s (producer recv → on_trade): "
+            f"p50 {lat['p50_us']:.0f} µs, p99 {lat['p99_us']:.0f} µs, max {lat['max_us']:.0f} µs "
+            f"({lat['samples']:,} events; server send → on_trade p50 {lat['server_to_callback_p50_us']:.0f}"
+            f" µs, p99 {lat['server_to_callback_p99_us']:.0f} µs)"
+        )
+        print(
+            f"   of which producer recv → consumer batch start: p50 {lat['transport_p50_us']:.0f} µs, "
+            f"p99 {lat['transport_p99_us']:.0f} µs ({lat['transport_batches']:,} batches)"
+        )
+        ls = liu["latency_step"]
+        print(
+            f"   that step: offered {ls['offered_rate']:,}/s, processed {ls['processed']:,}/{ls['offered']:,}, "
+            f"stale {ls['stale']}, sustained {ls['sustained']}"
+        )
+    print(
+        f"3. stale drops (liu, whole run, stale_after {res['params']['stale_after']}s): {liu['stale_total']:,}; "
+        f"at sustained steps: {sum(s['stale'] for s in liu['steps'] if s['sustained'])}"
+    )
+    print(
+        f"4. consumer RSS: {[round(k / 1024, 1) for k in liu['consumer_rss_kb']]} MiB "
+        f"(producer {liu['producer_rss_kb'] / 1024:.1f} MiB)"
+    )
+    cs = res.get("cold_start")
+    if cs:
+        print(
+            f"5. cold start to first event: first start (initdb) {cs['first']['first_event_s']} s, "
+            f"second start {cs['second']['first_event_s']} s  ({cs['first']['command']})"
+        )
+        for k in ("first", "second"):
+            c = cs[k]
+            print(
+                f"   {k}: clock started at {c['clock_started_s']} s (processes spawned → clock "
+                f"{c['spawn_to_clock_s']} s), exit {c['exit_after_sigint_s']} s after SIGINT, code {c['exit_code']}"
+            )
+    base = res.get("baseline")
+    if base:
+        ratio = liu["sustained_rate"] / base["sustained_rate"] if base["sustained_rate"] else float("inf")
+        bl = base.get("latency", {})
+        print(
+            f"6. baseline (one mp.Queue.put per event): sustained {base['sustained_rate']:,} events/s; "
+            f"liu/baseline = {ratio:.2f}×"
+            + (
+                f"; its latency at 80 %: p50 {bl['p50_us']:.0f} µs, p99 {bl['p99_us']:.0f} µs"
+                if bl.get("samples")
+                else ""
+            )
+        )
+    for name in ("liu", "baseline"):
+        prof = res.get(name, {}).get("profile")
+        if prof:
+            for proc, d in prof.items():
+                if isinstance(d, dict) and "self_top" in d:
+                    print(f"   profile {name}/{proc} at {res[name]['profile_rate']:,}/s, self time:")
+                    for f, pct in d["self_top"][:8]:
+                        print(f"     {pct:5.1f}%  {f}")
+    print(f"total {res['wall_s']} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
