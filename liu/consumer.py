@@ -31,6 +31,8 @@ from liu.strategy import Strategy
 from liu.transport import BATCH, ChannelReader
 
 log = logging.getLogger(__name__)
+# Runner counters mirrored into the shared stats for the live progress table.
+_COUNTS = ("received", "processed", "stale", "malformed", "strategy_errors", "orders", "rejected", "fills")
 _MAX_QUEUED = 64  # frames held in memory before reading pauses (the backlog then shows at the producer)
 
 
@@ -64,20 +66,7 @@ class Consumer:
         self._reader: ChannelReader | None = None
         a, i = setup.stats.array, setup.index
         self._a = a
-        self._idx = {
-            f: setup.stats.consumer_index(i, f)
-            for f in (
-                "received",
-                "processed",
-                "stale",
-                "malformed",
-                "strategy_errors",
-                "orders",
-                "rejected",
-                "fills",
-                "lag_us",
-            )
-        }
+        self._idx = {f: setup.stats.consumer_index(i, f) for f in (*_COUNTS, "lag_us")}
 
     def on_frame(self, kind: int, payload) -> None:
         self._queue.append((kind, payload))
@@ -135,16 +124,7 @@ class Consumer:
 
     def _publish(self) -> None:
         a, idx, c = self._a, self._idx, self.runner.counts
-        for name in (
-            "received",
-            "processed",
-            "stale",
-            "malformed",
-            "strategy_errors",
-            "orders",
-            "rejected",
-            "fills",
-        ):
+        for name in _COUNTS:
             a[idx[name]] = c[name]
 
     async def _tick(self) -> None:

@@ -24,6 +24,12 @@ if TYPE_CHECKING:
 OrderList = list[Order] | None
 
 
+def _order(
+    symbol: str, side: str, qty: float, limit: float | None, stop: float | None, target: float | None
+) -> Order:
+    return Order(symbol, side, qty, "limit" if limit is not None else "market", limit, stop, target)
+
+
 class StrategyConfig(BaseModel):
     """Base for a strategy's settings (the `config` table of its tradeplan entry).
 
@@ -100,7 +106,7 @@ class Context:
         target: float | None = None,
     ) -> Order:
         """A buy order (market, or limit when `limit` is given); return it from a hook to place it."""
-        return Order(symbol, "buy", qty, "limit" if limit is not None else "market", limit, stop, target)
+        return _order(symbol, "buy", qty, limit, stop, target)
 
     def sell(
         self,
@@ -111,7 +117,7 @@ class Context:
         target: float | None = None,
     ) -> Order:
         """A sell order; selling more than you hold opens a short (if the symbol is shortable)."""
-        return Order(symbol, "sell", qty, "limit" if limit is not None else "market", limit, stop, target)
+        return _order(symbol, "sell", qty, limit, stop, target)
 
     def reject(self, symbol: str) -> None:
         """Stop sending `symbol`'s events to this strategy."""
