@@ -85,7 +85,6 @@ def _feed_config(plan: TradePlan, key: str, secret: str) -> dict[str, Any]:
             "seed": src.seed,
             "batch": src.batch,
             "kinds": ["t", "q"] if src.bars == "trades" else ["t", "q", "b"],
-            "not_shortable": plan.broker.not_shortable,
         }
     path = plan.path(src.path or "")
     if not path.exists():
@@ -122,6 +121,7 @@ class Daemon:
         self.session: Session | None = None
         self.sent_by_server: int | None = None
         self.stats: SharedStats | None = None
+        self.not_shortable: tuple[str, ...] = ()
         self._pending_subs = 0  # Subscribe messages the producer has not acknowledged yet
 
     # -- start-up -------------------------------------------------------
@@ -220,6 +220,7 @@ class Daemon:
                 self.dsn,
                 account,
                 stats,
+                self.not_shortable,
             )
             p = self.ctx.Process(target=consumer_main, args=(setup, r, res_w), name=f"liu-consumer-{i}")
             p.start()
