@@ -7,8 +7,10 @@ from liu.features import Features
 from liu.testing import make_bars
 
 
-@pytest.mark.parametrize(("name", "params"), [("SMA", {"timeperiod": 10}), ("RSI", {"timeperiod": 14}),
-                                              ("ATR", {"timeperiod": 14}), ("MACD", {})])
+@pytest.mark.parametrize(
+    ("name", "params"),
+    [("SMA", {"timeperiod": 10}), ("RSI", {"timeperiod": 14}), ("ATR", {"timeperiod": 14}), ("MACD", {})],
+)
 def test_streaming_indicator_equals_batch_talib_bar_by_bar(name, params):
     bars = make_bars("X", 300, seed=4)
     f = Features()
