@@ -29,6 +29,7 @@ from typing import Any
 
 from liu.consumer import Consumer, ConsumerSetup
 from liu.events import Stop
+from liu.transport import EOF_MARK, watch_connection
 
 
 @dataclass
@@ -37,11 +38,11 @@ class BenchSetup(ConsumerSetup):
 
 
 class BenchConsumer(Consumer):
-    """liu's Consumer; before each batch tells the strategy the step and the receive time."""
+    """liu's Consumer; before each batch tells the strategy the benchmark step."""
 
-    def __init__(self, setup: BenchSetup, runner, writer=None, keystores=None) -> None:
-        super().__init__(setup, runner, writer, keystores)
-        runner.bench_step, runner.bench_stride, runner.bench_recv = 0, 1, 0
+    def __init__(self, setup: BenchSetup, runner, keystores=None) -> None:
+        super().__init__(setup, runner, keystores)
+        runner.bench_step, runner.bench_stride = 0, 1
         self.transport: dict[int, array] = {}  # step → producer receive → batch start, ns
         self.gc_pauses: dict[int, list] = {0: [0, 0.0, 0.0], 1: [0, 0.0, 0.0], 2: [0, 0.0, 0.0]}
         gc_t = [0.0]
@@ -63,7 +64,7 @@ class BenchConsumer(Consumer):
         r = self.runner
         step = r.bench_step = ctl[0]
         r.bench_stride = ctl[1] or 1
-        recv = r.bench_recv = batch[0][-1]
+        recv = batch[0][-1]
         if step:
             t = self.transport.get(step)
             if t is None:
@@ -113,33 +114,12 @@ async def _bench_serve(cfg: dict, conn) -> None:
         kinds=("t",),
         preencoded=True,
     )
-    universe = frozenset(feed.symbols)
-    # Pre-encoded frames go only to connections subscribed to "*"; liu's producer subscribes
-    # the explicit symbol list. Treat a subscription covering the whole universe as "*".
-    orig = srv._Conn.update_route
-
-    def update_route(self) -> None:
-        orig(self)
-        for t, syms in self.route.items():
-            if syms is not None and universe <= syms:
-                self.route[t] = None
-
-    srv._Conn.update_route = update_route
     server = srv.MarketDataServer(feed, key=cfg["key"], secret=cfg["secret"], ping_interval=None)
     port = await server.start()
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue = asyncio.Queue()
-
-    def readable() -> None:
-        try:
-            while conn.poll():
-                inbox.put_nowait(conn.recv())
-        except (EOFError, OSError):
-            loop.remove_reader(conn.fileno())
-            inbox.put_nowait(None)
-
     conn.send(("ready", port, feed.symbols))
-    loop.add_reader(conn.fileno(), readable)
+    watch_connection(conn, lambda msg: inbox.put_nowait(None if msg is EOF_MARK else msg), loop)
     clock = None
     try:
         while True:
@@ -163,8 +143,6 @@ async def _bench_serve(cfg: dict, conn) -> None:
                 conn.send(("stopped", server.sent_events))
                 return
     finally:
-        with contextlib.suppress(Exception):
-            loop.remove_reader(conn.fileno())
         await server.stop()
 
 
@@ -241,7 +219,6 @@ def baseline_consumer_main(setup: BenchSetup, q, results) -> None:
             if item.__class__ is tuple:
                 step = runner.bench_step = ctl[0]
                 runner.bench_stride = ctl[1] or 1
-                runner.bench_recv = item[-1]
                 if step:
                     consumer.transport.setdefault(step, array("q")).append(time.time_ns() - item[-1])
                 clock = consumer.clock

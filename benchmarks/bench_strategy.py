@@ -5,10 +5,7 @@ peeks SMA(10) and RSI(14) at the trade price, and, when the benchmark consumer
 asks for it, records the latency from the producer's receive time to this
 callback (and from the server's stamp to this callback).
 
-The runner does not expose an event's receive time to strategies yet, so the
-benchmark consumer (`_baseline.BenchConsumer`) puts it on the runner as
-`bench_recv` before each batch (every event of a batch comes from one
-websocket frame, so they share one receive time).
+The receive time comes from `ctx.received_ns`, which the runner sets per trade.
 """
 
 from __future__ import annotations
@@ -33,7 +30,7 @@ class LiveBench(Strategy):
     def on_start(self, ctx: Context) -> None:
         self.runner = r = ctx._runner
         if not hasattr(r, "bench_step"):  # run by `trader` itself: never record
-            r.bench_step, r.bench_stride, r.bench_recv = 0, 1, 0
+            r.bench_step, r.bench_stride = 0, 1
         self.samples: dict[int, tuple[array, array]] = {}
         self.k = 0
         self.acc = 0.0
@@ -68,6 +65,6 @@ class LiveBench(Strategy):
                 s = self.samples.get(step)
                 if s is None:
                     s = self.samples[step] = (array("q"), array("q"))
-                s[0].append(t - r.bench_recv)
+                s[0].append(t - ctx.received_ns)
                 s[1].append(t - trade.ts)
         return None

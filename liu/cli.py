@@ -34,21 +34,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _db_upgrade(plan_path: Path, console: Console) -> int:
+    import asyncio
+
     from liu.plan import load_plan
-    from liu.store import EmbeddedPostgres, redact_dsn, upgrade
+    from liu.store import prepare_database, redact_dsn
 
     plan = load_plan(plan_path)
-    dsn = plan.database.resolve_dsn()
-    embedded = None
-    if dsn is None:
-        embedded = EmbeddedPostgres.start(plan.path(plan.database.data_dir))
-        dsn = embedded.dsn
-    try:
-        upgrade(dsn)
-        console.print(f"database {redact_dsn(dsn)} is at head")
-    finally:
-        if embedded is not None:
-            embedded.stop()
+    dsn, embedded = asyncio.run(
+        prepare_database(plan.database.resolve_dsn(), plan.path(plan.database.data_dir))
+    )
+    if embedded is not None:
+        embedded.stop()
+    console.print(f"database {redact_dsn(dsn)} is at head")
     return 0
 
 

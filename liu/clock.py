@@ -59,10 +59,6 @@ class Clock:
             return time.time_ns()
         return self._wall0 + int((data_ns - self._data0) / self._speed)
 
-    def wall_seconds(self, data_seconds: float) -> float:
-        """How many wall seconds a span of data time takes."""
-        return data_seconds if self._speed is None else data_seconds / self._speed
-
 
 class FakeClock(Clock):
     """A clock a test sets by hand."""

@@ -53,10 +53,9 @@ class ConsumerSetup:
 class Consumer:
     """Drives a `StrategyRunner` from a channel; usable in-process by tests."""
 
-    def __init__(self, setup: ConsumerSetup, runner: StrategyRunner, writer=None, keystores=None) -> None:
+    def __init__(self, setup: ConsumerSetup, runner: StrategyRunner, keystores=None) -> None:
         self.setup = setup
         self.runner = runner
-        self.writer = writer
         self.keystores: dict[str, Keystore] = keystores or {}
         self.clock: Clock | None = None
         self._queue: collections.deque = collections.deque()
@@ -154,7 +153,7 @@ class Consumer:
             strategy_errors=c["strategy_errors"],
             orders=c["orders"],
             rejected=c["rejected"],
-            symbols=sorted(self.runner.seen | set(self.runner.last_price)),
+            symbols=sorted(self.runner.features.history.keys() | self.runner.last_price.keys()),
             strategies=self.runner.report(),
             fills=[dataclasses.asdict(f) for f in self.runner.fill_log],
         )
@@ -202,7 +201,7 @@ def consumer_main(setup: ConsumerSetup, channel: Connection, results: Connection
             writer = await TradeWriter.open(setup.dsn, setup.batch_id, setup.run_ids)
         runner = build_runner(setup, keystores, writer)
         gc.freeze()  # long-lived objects from imports and set-up: keep full collections short
-        consumer = Consumer(setup, runner, writer, keystores)
+        consumer = Consumer(setup, runner, keystores)
         reader = ChannelReader(channel, consumer.on_frame, consumer.on_eof)
         try:
             await consumer.run(reader)

@@ -40,6 +40,7 @@ from liu.progress import merge_strategies, progress_table, summary_tables
 from liu.scanner import Scanner as ScannerBase
 from liu.scanner import ScannerRunner, ScheduledScanner, SymbolInfo
 from liu.stats import SharedStats
+from liu.store import add_trending, close_runs, create_runs, prepare_database, record_account, redact_dsn
 from liu.strategy import Strategy
 from liu.transport import EOF_MARK, watch_connection
 
@@ -123,20 +124,9 @@ class Daemon:
         self.stats: SharedStats | None = None
         self.not_shortable: tuple[str, ...] = ()
         self._pending_subs = 0  # Subscribe messages the producer has not acknowledged yet
+        self._subscribed = asyncio.Event()  # set when none are pending, or the producer gave up
 
     # -- start-up -------------------------------------------------------
-    async def _database(self) -> None:
-        from liu.store import EmbeddedPostgres, connect_check, upgrade
-
-        dsn = self.plan.database.resolve_dsn()
-        if dsn is None:
-            data_dir = self.plan.path(self.plan.database.data_dir)
-            self.embedded = await asyncio.to_thread(EmbeddedPostgres.start, data_dir)
-            dsn = self.embedded.dsn
-        await connect_check(dsn)
-        await asyncio.to_thread(upgrade, dsn)
-        self.dsn = dsn
-
     def _plugins(self) -> tuple[list[ScheduledScanner], list[Strategy]]:
         plan = self.plan
         strategies = [
@@ -250,8 +240,9 @@ class Daemon:
         session = None
         try:
             scanners, strategies = self._plugins()
-            await self._database()
-            from liu.store import add_trending, close_runs, create_runs, record_account
+            self.dsn, self.embedded = await prepare_database(
+                plan.database.resolve_dsn(), plan.path(plan.database.data_dir)
+            )
 
             key, secret = "liu", secrets.token_hex(8)
             url, universe, first_ts = await self._start_server(key, secret)
@@ -280,7 +271,7 @@ class Daemon:
             scan_runner = ScannerRunner(scanners, universe)
             if not scanners:  # no scanner: every strategy trades the whole universe
                 await self._subscribe(Assign(tuple(universe), (), ""))
-            await self._scan(scan_runner, data0, add_trending)
+            await self._scan(scan_runner, data0)
             await self._wait_subscribed(timeout=15)
 
             spec = ClockSpec(data0, time.time_ns(), speed)
@@ -293,14 +284,14 @@ class Daemon:
                 speed,
                 time.monotonic() - t_spawn,
             )
-            await self._supervise(scan_runner, clock, stats, add_trending)
+            await self._supervise(scan_runner, clock, stats)
         except BaseException as e:
             if session is not None:
                 session.end(f"error: {type(e).__name__}: {e}", 1)
             raise
         finally:
             if session is not None:
-                await self._shutdown(session, close_runs)
+                await self._shutdown(session)
             await self._stop_servers()
         self._summary(session)
         return session.exit_code
@@ -309,7 +300,7 @@ class Daemon:
         self.control.send(Subscribe(assign))
         self._pending_subs += 1
 
-    async def _scan(self, runner: ScannerRunner, now: int, add_trending) -> None:
+    async def _scan(self, runner: ScannerRunner, now: int) -> None:
         for sched, symbols in await runner.run_due(now):
             known = [s for s in symbols if s in runner.universe]
             unknown = sorted(set(symbols) - set(known))
@@ -322,23 +313,25 @@ class Daemon:
                 await add_trending(self.dsn, self.session.batch_id, sched.scanner.name, known)
 
     async def _wait_subscribed(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while self._pending_subs > 0:
-            if self.session.reason is not None:
-                return
-            if time.monotonic() > deadline:
-                raise ConfigError(
-                    "producer did not subscribe within 15s (is the market-data server reachable?)"
-                )
-            await asyncio.sleep(0.02)
+        if not self._pending_subs:
+            return
+        try:
+            await asyncio.wait_for(self._subscribed.wait(), timeout)
+        except TimeoutError:
+            raise ConfigError(
+                f"producer did not subscribe within {timeout:.0f}s (is the market-data server reachable?)"
+            ) from None
 
     def _on_producer(self, msg: Any) -> None:
         if msg is EOF_MARK:
             self.session.end("producer exited", 1)
+            self._subscribed.set()
             return
         kind = msg[0]
         if kind == "subscribed":
             self._pending_subs -= 1
+            if not self._pending_subs:
+                self._subscribed.set()
         elif kind == "source_ended":
             self.session.source_events = msg[1]
             self.session.end("source ended")
@@ -347,6 +340,7 @@ class Daemon:
         elif kind == "fatal":
             self.console.print(f"[red]producer: {msg[1]}[/]")
             self.session.end(f"producer failed: {msg[1]}", 1)
+            self._subscribed.set()
         elif kind == "stopped":
             self.session.gaps = list(msg[1])
 
@@ -354,7 +348,7 @@ class Daemon:
         if msg is not EOF_MARK:
             self.session.reports[i] = msg
 
-    async def _supervise(self, scans: ScannerRunner, clock: Clock, stats: SharedStats, add_trending) -> None:
+    async def _supervise(self, scans: ScannerRunner, clock: Clock, stats: SharedStats) -> None:
         session = self.session
         plan = self.plan
         started = time.monotonic()
@@ -378,14 +372,15 @@ class Daemon:
                     if p.exitcode is not None and i not in session.reports:
                         session.end(f"consumer {i} died (exit code {p.exitcode})", 1)
                 if clock.realtime:
-                    await self._scan(scans, clock.now_ns(), add_trending)
+                    await self._scan(scans, clock.now_ns())
                 events = stats.producer()["events"]
                 if now - last[0] >= 1.0:
                     rate = (events - last[1]) / (now - last[0])
                     last = (now, events)
-                table = progress_table(stats, rate, now - started, plan.session.duration)
                 if live:
-                    live.update(table, refresh=True)
+                    live.update(
+                        progress_table(stats, rate, now - started, plan.session.duration), refresh=True
+                    )
                 elif now >= next_log:
                     next_log = now + 5
                     log.info(
@@ -399,7 +394,7 @@ class Daemon:
                 live.stop()
 
     # -- shutdown -------------------------------------------------------
-    async def _shutdown(self, session: Session, close_runs) -> None:
+    async def _shutdown(self, session: Session) -> None:
         session.end("stopped")
         deadline = time.monotonic() + 8.0
         if self.producer is not None and self.producer.is_alive():
@@ -461,15 +456,9 @@ class Daemon:
                 "gaps": session.gaps,
                 "server_sent_events": self.sent_by_server,
                 "source_events": session.source_events,
-                "database": _redacted(self.dsn),
+                "database": redact_dsn(self.dsn) if self.dsn else None,
             }
             self.summary_json.write_text(json.dumps(data, indent=1, default=str))
-
-
-def _redacted(dsn: str | None) -> str | None:
-    from liu.store import redact_dsn
-
-    return redact_dsn(dsn) if dsn else None
 
 
 def run(plan: TradePlan, console: Console, summary_json: Path | None) -> int:

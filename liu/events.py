@@ -85,13 +85,6 @@ class Subscribe:
     assign: Assign
 
 
-@dataclass(frozen=True)
-class SourceEnded:
-    """Producer → main: the source said it has no more data (replay finished)."""
-
-    events: int = 0
-
-
 @dataclass
 class ConsumerReport:
     """What a consumer hands back when it exits."""

@@ -140,11 +140,11 @@ class Features:
 
     def indicator(self, symbol: str, name: str, **params: Any) -> StreamIndicator:
         """The indicator for (symbol, name, params), created on first use from the stored history."""
-        per_symbol = self._indicators.setdefault(symbol, {})
-        fast = (name, *params.items())  # as the caller spelled it: the per-event path
-        ind = self._fast.get((symbol, fast))
+        fast = (symbol, name, *params.items())  # as the caller spelled it: the per-event path
+        ind = self._fast.get(fast)
         if ind is not None:
             return ind
+        per_symbol = self._indicators.setdefault(symbol, {})
         key = (name.upper(), tuple(sorted(params.items())))
         ind = per_symbol.get(key)
         if ind is None:
@@ -152,7 +152,7 @@ class Features:
             hist = self.bars(symbol)
             if hist.n:
                 ind.on_bar(hist)
-        self._fast[(symbol, fast)] = ind
+        self._fast[fast] = ind
         return ind
 
     def add_bar(self, symbol: str, ts: int, o: float, h: float, lo: float, c: float, v: float) -> None:

@@ -191,7 +191,7 @@ class TradePlan(_Table):
 _TYPE_TAGS = {"int", "float", "str", "bool", "dict", "list"}
 
 
-def _describe(err: dict, raw: dict) -> str:
+def _describe(err: dict) -> str:
     # Union members show up in the location as type tags ('int', "literal['auto']"): drop them.
     loc = [str(x) for x in err["loc"] if not (str(x) in _TYPE_TAGS or "[" in str(x))]
     table_parts, key = loc[:-1], loc[-1] if loc else "?"
@@ -214,7 +214,7 @@ def parse_plan(raw: dict, source: str = "tradeplan", base_dir: Path = Path("."))
         return TradePlan.model_validate({**raw, "base_dir": base_dir})
     except ValidationError as e:
         errors = e.errors()
-        first = _describe(errors[0], raw)
+        first = _describe(errors[0])
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise ConfigError(f"{source}: {first}{more}") from None
 

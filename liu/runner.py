@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import CoroutineType
@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from liu.brokers.base import Broker
-from liu.events import BAR, MALFORMED, QUOTE, TRADE, Bar, Fill, Order, Quote, Trade
+from liu.events import BAR, KIND_NAMES, MALFORMED, QUOTE, TRADE, Bar, Fill, Order, Quote, Trade
 from liu.features import Features
 from liu.strategy import Context, Strategy
 
@@ -127,7 +127,6 @@ class StrategyRunner:
         self._seq = 0
         self._bar: dict[str, list] = {}
         self._fills: list[Fill] = []
-        self.seen: set[str] = set()
         self.fill_log: list[Fill] = []
         self.counts = {
             "received": 0,
@@ -182,79 +181,87 @@ class StrategyRunner:
             route.remove(slot)
 
     # -- the event path -------------------------------------------------
-    async def process(self, batch: Iterable[tuple], now_ns: int | None = None) -> None:
+    async def process(self, batch: Sequence[tuple], now_ns: int | None = None) -> None:
         """Handle a batch of wire tuples; events older than `stale_after_ns` at `now_ns` are dropped."""
         counts = self.counts
+        counts["received"] += len(batch)
+        stale = malformed = 0  # counted locally, added once per batch (in `finally`, so counts always add up)
         stale_cut = None
         if self.stale_after_ns is not None and now_ns is not None:
             stale_cut = now_ns - self.stale_after_ns
         broker = self.broker
-        for ev in batch:
-            counts["received"] += 1
-            kind = ev[0]
-            if kind == MALFORMED:
-                counts["malformed"] += 1
-                if counts["malformed"] % 1000 == 1:
-                    log.warning(
-                        "malformed market message for %r: %s (%d so far)", ev[1], ev[3], counts["malformed"]
-                    )
-                continue
-            ts = ev[2]
-            if stale_cut is not None and ts < stale_cut:
-                counts["stale"] += 1
-                if counts["stale"] % 1000 == 1:
-                    log.warning(
-                        "dropped stale %s for %s: %.3fs old (stale_after %.3fs); %d dropped so far",
-                        ("trade", "quote", "bar")[kind],
-                        ev[1],
-                        (now_ns - ts) / 1e9,
-                        self.stale_after_ns / 1e9,
-                        counts["stale"],
-                    )
-                continue
-            counts["processed"] += 1
-            sym = ev[1]
-            if ts > self.now:
-                self.now = ts
-            if kind == TRADE:
-                price = ev[3]
-                self.last_price[sym] = price
-                broker.on_trade(sym, ts, price)
-                if self._fills:
-                    await self._dispatch_fills()
-                if self.bars_from_trades:
-                    closed = self._update_bar(sym, ts, price, ev[4])
-                    if closed is not None:
-                        await self._close_bar(closed)
-                route = self.routes.get(sym)
-                if route:
-                    self.recv_ns = ev[-1]
-                    for slot in route:
-                        if slot.on_trade and slot.open_at(ts):
-                            # Called inline (no coroutine per event); only results need awaiting.
-                            result = self._invoke(
-                                slot, slot.strategy.on_trade, Trade(sym, ts, price, ev[4]), sym
-                            )
-                            if result:
-                                await self._handle(slot, result, "on_trade", sym)
-            elif kind == QUOTE:
-                broker.on_quote(sym, ts, ev[3], ev[5])
-                if self._fills:
-                    await self._dispatch_fills()
-                route = self.routes.get(sym)
-                if route:
-                    for slot in route:
-                        if slot.on_quote and slot.open_at(ts):
-                            q = Quote(sym, ts, ev[3], ev[4], ev[5], ev[6])
-                            await self._call(slot, slot.strategy.on_quote, q, "on_quote", sym)
-            elif kind == BAR:
-                broker.on_bar(sym, ts, ev[3], ev[4], ev[5])
-                if self._fills:
-                    await self._dispatch_fills()
-                self.last_price[sym] = ev[6]
-                await self._close_bar(Bar(sym, ts, ev[3], ev[4], ev[5], ev[6], ev[7]))
-            if ts >= self._next_portfolio:
-                await self._portfolio(ts)
+        try:
+            for ev in batch:
+                kind = ev[0]
+                if kind == MALFORMED:
+                    malformed += 1
+                    if (counts["malformed"] + malformed) % 1000 == 1:
+                        log.warning(
+                            "malformed market message for %r: %s (%d so far)",
+                            ev[1],
+                            ev[3],
+                            counts["malformed"] + malformed,
+                        )
+                    continue
+                ts = ev[2]
+                if stale_cut is not None and ts < stale_cut:
+                    stale += 1
+                    if (counts["stale"] + stale) % 1000 == 1:
+                        log.warning(
+                            "dropped stale %s for %s: %.3fs old (stale_after %.3fs); %d dropped so far",
+                            KIND_NAMES[kind],
+                            ev[1],
+                            (now_ns - ts) / 1e9,
+                            self.stale_after_ns / 1e9,
+                            counts["stale"] + stale,
+                        )
+                    continue
+                sym = ev[1]
+                if ts > self.now:
+                    self.now = ts
+                if kind == TRADE:
+                    price = ev[3]
+                    self.last_price[sym] = price
+                    broker.on_trade(sym, ts, price)
+                    if self._fills:
+                        await self._dispatch_fills()
+                    if self.bars_from_trades:
+                        closed = self._update_bar(sym, ts, price, ev[4])
+                        if closed is not None:
+                            await self._close_bar(closed)
+                    route = self.routes.get(sym)
+                    if route:
+                        self.recv_ns = ev[-1]
+                        for slot in route:
+                            if slot.on_trade and slot.open_at(ts):
+                                # Called inline (no coroutine per event); only results need awaiting.
+                                result = self._invoke(
+                                    slot, slot.strategy.on_trade, Trade(sym, ts, price, ev[4]), sym
+                                )
+                                if result:
+                                    await self._handle(slot, result, "on_trade", sym)
+                elif kind == QUOTE:
+                    broker.on_quote(sym, ts, ev[3], ev[5])
+                    if self._fills:
+                        await self._dispatch_fills()
+                    route = self.routes.get(sym)
+                    if route:
+                        for slot in route:
+                            if slot.on_quote and slot.open_at(ts):
+                                q = Quote(sym, ts, ev[3], ev[4], ev[5], ev[6])
+                                await self._call(slot, slot.strategy.on_quote, q, "on_quote", sym)
+                elif kind == BAR:
+                    broker.on_bar(sym, ts, ev[3], ev[4], ev[5])
+                    if self._fills:
+                        await self._dispatch_fills()
+                    self.last_price[sym] = ev[6]
+                    await self._close_bar(Bar(sym, ts, ev[3], ev[4], ev[5], ev[6], ev[7]))
+                if ts >= self._next_portfolio:
+                    await self._portfolio(ts)
+        finally:
+            counts["stale"] += stale
+            counts["malformed"] += malformed
+            counts["processed"] += len(batch) - stale - malformed
 
     def _update_bar(self, sym: str, ts: int, price: float, size: float) -> Bar | None:
         """Fold a trade into the symbol's minute bar; return the bar it closed, if any."""
@@ -285,7 +292,6 @@ class StrategyRunner:
                 await self._close_bar(Bar(sym, bar[0] * MINUTE, bar[1], bar[2], bar[3], bar[4], bar[5]))
 
     async def _close_bar(self, bar: Bar) -> None:
-        self.seen.add(bar.symbol)
         self.features.add_bar(bar.symbol, bar.ts, bar.open, bar.high, bar.low, bar.close, bar.volume)
         route = self.routes.get(bar.symbol)
         if route:
@@ -386,9 +392,8 @@ class StrategyRunner:
 
     def report(self) -> dict[str, dict]:
         """Per strategy: trades, realised and unrealised P&L, fees, open positions."""
-        out: dict[str, dict] = {}
-        for name, slot in self.slots.items():
-            out[name] = {
+        out = {
+            name: {
                 "trades": slot.trades,
                 "realized": 0.0,
                 "unrealized": 0.0,
@@ -396,11 +401,10 @@ class StrategyRunner:
                 "errors": slot.errors,
                 "positions": {},
             }
+            for name, slot in self.slots.items()
+        }
         for (strategy, sym), pos in self.broker.all_positions().items():
-            row = out.setdefault(
-                strategy,
-                {"trades": 0, "realized": 0.0, "unrealized": 0.0, "fees": 0.0, "errors": 0, "positions": {}},
-            )
+            row = out[strategy]  # positions only exist for strategies this runner placed orders for
             row["realized"] += pos.realized
             row["fees"] += pos.fees
             if pos.qty:

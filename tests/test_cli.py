@@ -151,3 +151,17 @@ def test_dying_consumer_closes_runs_and_stops_the_session(tmp_path, pg_dsn):
     assert reasons[1] == "consumer 1 died (exit code -9)"
     assert reasons[0] == "consumer 1 died (exit code -9)"
     assert all(r["end_time"] is not None for r in runs)
+
+
+def test_db_upgrade_migrates_the_embedded_database(tmp_path):
+    (tmp_path / "tradeplan.toml").write_text(f"[database]\ndata_dir = '{tmp_path}/pg'\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "liu.cli", "db", "upgrade"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "is at head" in proc.stdout
+    assert (tmp_path / "pg" / "PG_VERSION").exists()

@@ -68,10 +68,6 @@ class PaperBroker:
     def fee(self, qty: float, price: float) -> float:
         return self.fee_per_share * qty + price * qty * self.fee_bps / 1e4
 
-    def open_orders(self, symbol: str | None = None) -> list[Order]:
-        lists = [self._pending.get(symbol, [])] if symbol else self._pending.values()
-        return [p.order for lst in lists for p in lst]
-
     # -- orders ---------------------------------------------------------
     def submit(self, order: Order, last_price: float | None) -> str | None:
         """Accept the order (None) or say why not."""
@@ -103,16 +99,6 @@ class PaperBroker:
             return f"insufficient cash: needs {reserve:.2f}, available {self.account.available():.2f}"
         self._pending.setdefault(order.symbol, []).append(_Pending(order, reserve))
         return None
-
-    def cancel(self, client_order_id: str) -> bool:
-        for lst in self._pending.values():
-            for p in lst:
-                if p.order.client_order_id == client_order_id:
-                    lst.remove(p)
-                    self.account.apply(0.0, -p.reserved)
-                    p.order.status = "canceled"
-                    return True
-        return False
 
     def _pending_qty(self, strategy: str, symbol: str) -> float:
         return sum(

@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed
 from liu.clock import Clock
 from liu.sources import protocol as P
 from liu.sources.feeds import Encoded, Feed, make_feed
+from liu.transport import EOF_MARK, watch_connection
 
 log = logging.getLogger(__name__)
 
@@ -356,17 +357,8 @@ async def _serve_main(cfg: dict, conn: multiprocessing.connection.Connection) ->
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
     inbox: asyncio.Queue = asyncio.Queue()
-
-    def readable() -> None:
-        try:
-            while conn.poll():
-                inbox.put_nowait(conn.recv())
-        except (EOFError, OSError):
-            loop.remove_reader(conn.fileno())
-            inbox.put_nowait(None)
-
     conn.send(("ready", port, universe, first))
-    loop.add_reader(conn.fileno(), readable)
+    watch_connection(conn, lambda msg: inbox.put_nowait(None if msg is EOF_MARK else msg), loop)
     try:
         while True:
             msg = await inbox.get()
@@ -381,6 +373,4 @@ async def _serve_main(cfg: dict, conn: multiprocessing.connection.Connection) ->
             else:
                 log.warning("serve_process: unknown command %r", msg[0])
     finally:
-        with contextlib.suppress(Exception):
-            loop.remove_reader(conn.fileno())
         await server.stop()

@@ -6,8 +6,8 @@ from liu.store.db import (
     create_database,
     downgrade,
     drop_database,
+    prepare_database,
     redact_dsn,
-    start_embedded,
     upgrade,
     upgrade_async,
 )
@@ -36,7 +36,7 @@ __all__ = [
     "record_account",
     "redact_dsn",
     "save_keystore",
-    "start_embedded",
+    "prepare_database",
     "upgrade",
     "upgrade_async",
 ]

@@ -259,6 +259,20 @@ class EmbeddedPostgres:
         self.stop()
 
 
-def start_embedded(data_dir: Path | str, database: str = "liu") -> EmbeddedPostgres:
-    """Shorthand for `EmbeddedPostgres.start`."""
-    return EmbeddedPostgres.start(data_dir, database)
+async def prepare_database(dsn: str | None, data_dir: Path) -> tuple[str, EmbeddedPostgres | None]:
+    """The database a run uses, reachable and migrated to head.
+
+    `dsn=None` starts the embedded server in `data_dir` (returned, so the caller stops it).
+    """
+    embedded = None
+    if dsn is None:
+        embedded = await asyncio.to_thread(EmbeddedPostgres.start, data_dir)
+        dsn = embedded.dsn
+    try:
+        await connect_check(dsn)
+        await upgrade_async(dsn)
+    except BaseException:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        raise
+    return dsn, embedded
