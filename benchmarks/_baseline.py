@@ -200,7 +200,14 @@ def baseline_consumer_main(setup: BenchSetup, q, results) -> None:
     log = logging.getLogger("baseline")
 
     async def main() -> None:
-        runner = build_runner(setup, {}, None)
+        runner = build_runner(
+            setup.plan,
+            setup.account,
+            {},
+            order_prefix=f"b{setup.index}-",
+            not_shortable=setup.not_shortable,
+            stale_after_ns=int(setup.plan.consumers.stale_after * 1e9),
+        )
         consumer = BenchConsumer(setup, runner)
         await runner.start()
         ctl = setup.control

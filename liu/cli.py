@@ -2,6 +2,9 @@
 
 trader [run] [--plan tradeplan.toml] [--summary-json PATH]
 trader db upgrade [--plan tradeplan.toml]
+trader backtest [--plan tradeplan.toml] [--start DATE] [--end DATE] [--data PATH | --from-db] [--json PATH]
+trader train SPEC.toml
+trader model list [NAME] | trader model promote NAME VERSION
 """
 
 from __future__ import annotations
@@ -30,6 +33,17 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run a trading session (the default)")
     db = sub.add_parser("db", help="database commands")
     db.add_argument("action", choices=["upgrade"], help="apply Alembic migrations up to head")
+    bt = sub.add_parser("backtest", help="replay recorded bars through the plan's strategies, then report")
+    bt.add_argument("--start", help="first New York date (or timestamp) to replay")
+    bt.add_argument("--end", help="last New York date to replay (inclusive)")
+    src = bt.add_mutually_exclusive_group()
+    src.add_argument("--data", type=Path, help="recorded CSV/Parquet file (default: the plan's source)")
+    src.add_argument("--from-db", action="store_true", help="replay bars stored in the stock_ohlc table")
+    bt.add_argument("--json", type=Path, help="write the report as JSON here")
+    bt.add_argument("--out", type=Path, default=Path("reports"), help="folder for the HTML and PNG report")
+    from liu.ml.cli import add_commands
+
+    add_commands(sub)
     return p
 
 
@@ -66,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         load_dotenv(Path.cwd() / ".env")
         if args.command == "db":
             return _db_upgrade(args.plan, console)
+        if args.command == "backtest":
+            from liu.backtest import backtest_command
+
+            return backtest_command(args, console)
+        if args.command in ("train", "model"):
+            from liu.ml.cli import run_command
+
+            return run_command(args, console)
         from liu.daemon import run
         from liu.plan import load_plan
 

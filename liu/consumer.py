@@ -159,19 +159,31 @@ class Consumer:
         )
 
 
-def build_runner(setup: ConsumerSetup, keystores: dict[str, Keystore], sink=None) -> StrategyRunner:
-    """The runner for one consumer: paper broker on the shared account, the plan's strategies."""
-    plan = setup.plan
+def build_runner(
+    plan: TradePlan,
+    account: Account,
+    keystores: dict[str, Keystore],
+    *,
+    order_prefix: str,
+    sink=None,
+    not_shortable: tuple[str, ...] = (),
+    stale_after_ns: int | None = None,
+) -> StrategyRunner:
+    """One shard's runner: a paper broker on `account` and the plan's strategies.
+
+    The consumers and the backtester both build their runner here, so the two
+    run the same strategies through the same broker with the same settings.
+    """
     b = plan.broker
     broker = PaperBroker(
-        setup.account, b.fee_per_share, b.fee_bps, b.slippage_bps, (*b.not_shortable, *setup.not_shortable)
+        account, b.fee_per_share, b.fee_bps, b.slippage_bps, (*b.not_shortable, *not_shortable)
     )
     runner = StrategyRunner(
         broker,
         bars_from_trades=plan.source.bars == "trades",
-        order_prefix=f"{setup.batch_id[:8]}-{setup.index}-",
+        order_prefix=order_prefix,
         sink=sink,
-        stale_after_ns=int(plan.consumers.stale_after * 1e9),
+        stale_after_ns=stale_after_ns,
         portfolio_interval_ns=int(plan.session.portfolio_interval * 1e9),
     )
     for sp in plan.strategies:
@@ -199,7 +211,15 @@ def consumer_main(setup: ConsumerSetup, channel: Connection, results: Connection
             for sp in setup.plan.strategies:
                 keystores[sp.label] = Keystore(await load_keystore(setup.dsn, sp.label))
             writer = await TradeWriter.open(setup.dsn, setup.batch_id, setup.run_ids)
-        runner = build_runner(setup, keystores, writer)
+        runner = build_runner(
+            setup.plan,
+            setup.account,
+            keystores,
+            order_prefix=f"{setup.batch_id[:8]}-{setup.index}-",
+            sink=writer,
+            not_shortable=setup.not_shortable,
+            stale_after_ns=int(setup.plan.consumers.stale_after * 1e9),
+        )
         gc.freeze()  # long-lived objects from imports and set-up: keep full collections short
         consumer = Consumer(setup, runner, keystores)
         reader = ChannelReader(channel, consumer.on_frame, consumer.on_eof)
