@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import CoroutineType
@@ -119,6 +119,9 @@ class StrategyRunner:
         self.stale_after_ns = stale_after_ns
         self.portfolio_interval_ns = portfolio_interval_ns
         self.slots: dict[str, _Slot] = {}
+        # Called with each closed bar after its features update and before the strategies see it
+        # (ML scoring hooks in here, so a strategy's on_bar sees the bar's predictions).
+        self.bar_hooks: list[Callable[[Bar], None]] = []
         self.routes: dict[str, list[_Slot]] = {}
         self.last_price: dict[str, float] = {}
         self.now = 0
@@ -293,6 +296,8 @@ class StrategyRunner:
 
     async def _close_bar(self, bar: Bar) -> None:
         self.features.add_bar(bar.symbol, bar.ts, bar.open, bar.high, bar.low, bar.close, bar.volume)
+        for hook in self.bar_hooks:
+            hook(bar)
         route = self.routes.get(bar.symbol)
         if route:
             for slot in list(route):
