@@ -1,0 +1,389 @@
+"""The performance report: metrics, breakdowns, equity and drawdown, in four outputs.
+
+`build_report` is the one entry point for backtests and daemon batches, so both are
+measured by the same code (liu.analysis.metrics). Outputs: `to_json` (machines),
+`write_html` (plotly, self-contained: works offline), `write_png` (matplotlib Agg, no
+browser needed) and `print` (a rich table in the terminal).
+
+Without an equity curve (a daemon batch: only fills are stored) one is rebuilt from the
+fills: cash from the start cash and every fill (fees included), positions marked at the
+latest FILL price of each symbol, one sample per fill time. This is a fill-marked curve:
+it moves only when something trades, so drawdowns between fills are not seen.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from liu.analysis import metrics as M
+from liu.analysis.trades import OpenPosition, RoundTrip, match_fills
+from liu.events import Fill
+
+PLOT_POINTS = 4000  # charts keep each bucket's min and max, so peaks and troughs survive
+
+
+# ---------------------------------------------------------------- equity from fills
+
+
+def equity_from_fills(fills: Sequence[Fill], start_cash: float) -> tuple[np.ndarray, np.ndarray]:
+    """Fill-marked equity (see the module docstring): one sample per distinct fill time."""
+    if not fills:
+        return np.zeros(0, np.int64), np.zeros(0, np.float64)
+    order = sorted(range(len(fills)), key=lambda i: fills[i].ts)
+    fs = [fills[i] for i in order]
+    ts = np.array([f.ts for f in fs], dtype=np.int64)
+    px = np.array([f.price for f in fs], dtype=np.float64)
+    fee = np.array([f.fee for f in fs], dtype=np.float64)
+    sq = np.array([f.qty if f.side == "buy" else -f.qty for f in fs], dtype=np.float64)
+    cash = start_cash - np.cumsum(sq * px + fee)
+    # Marked value of each symbol after each of its fills; the total changes by that
+    # symbol's change only, so the portfolio value is a cumsum of per-symbol deltas.
+    _, code = np.unique([f.symbol for f in fs], return_inverse=True)
+    by_symbol = np.argsort(code, kind="stable")
+    c = code[by_symbol]
+    first = np.concatenate([[True], c[1:] != c[:-1]])
+    csum = np.cumsum(sq[by_symbol])
+    group_base = np.maximum.accumulate(np.where(first, np.arange(c.size), 0))
+    offset = np.where(group_base > 0, csum[group_base - 1], 0.0)
+    pos = csum - offset
+    value = pos * px[by_symbol]
+    prev = np.concatenate([[0.0], value[:-1]])
+    prev[first] = 0.0
+    delta = np.empty_like(value)
+    delta[by_symbol] = value - prev
+    equity = cash + np.cumsum(delta)
+    last = np.flatnonzero(np.append(ts[1:] != ts[:-1], True))  # one sample per time: the last
+    return ts[last], equity[last]
+
+
+# ---------------------------------------------------------------- the report
+
+
+@dataclass
+class Report:
+    """Everything a reader needs about one run or batch."""
+
+    title: str
+    start_cash: float
+    metrics: dict[str, float]
+    per_strategy: list[dict]
+    per_symbol: list[dict]
+    equity_ts: np.ndarray
+    equity: np.ndarray
+    drawdown: np.ndarray
+    trips: list[RoundTrip] = field(default_factory=list)
+    open_positions: list[OpenPosition] = field(default_factory=list)
+    equity_source: str = "given"  # "given" (marked at every event) | "fills" (fill-marked)
+    notes: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------ machines
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-safe dict (NaN and inf become None); the equity curve as end-of-day values."""
+        day_ts, day_eq = M.daily_equity(self.equity_ts, self.equity)
+        dates = _ny_times(day_ts).strftime("%Y-%m-%d")
+        return _json_safe(
+            {
+                "title": self.title,
+                "start_cash": self.start_cash,
+                "equity_source": self.equity_source,
+                "notes": list(self.notes),
+                "metrics": self.metrics,
+                "per_strategy": self.per_strategy,
+                "per_symbol": self.per_symbol,
+                "open_positions": [asdict(p) for p in self.open_positions],
+                "round_trips": [asdict(t) for t in self.trips],
+                "equity_daily": [
+                    {"date": d, "ts": int(t), "equity": float(v)}
+                    for d, t, v in zip(dates, day_ts, day_eq, strict=True)
+                ],
+            }
+        )
+
+    def write_json(self, path: Path | str) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=2, allow_nan=False))
+        return path
+
+    def trips_frame(self) -> pd.DataFrame:
+        """The round trips as a DataFrame, times in New York time."""
+        return trips_frame(self.trips)
+
+    # ------------------------------------------------------------ charts
+
+    def write_html(self, path: Path | str) -> Path:
+        """Equity and drawdown (plotly), self-contained: the plotly library is embedded."""
+        import plotly.graph_objects as go
+        from plotly.subplots import make_subplots
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.05)
+        i = _decimate(self.equity, PLOT_POINTS)
+        fig.add_trace(
+            go.Scatter(x=_ny_times(self.equity_ts[i]), y=self.equity[i], name="equity", mode="lines"),
+            row=1,
+            col=1,
+        )
+        j = _decimate(self.drawdown, PLOT_POINTS)
+        fig.add_trace(
+            go.Scatter(
+                x=_ny_times(self.equity_ts[j]),
+                y=self.drawdown[j] * 100,
+                name="drawdown %",
+                mode="lines",
+                fill="tozeroy",
+                line={"color": "firebrick"},
+            ),
+            row=2,
+            col=1,
+        )
+        fig.update_yaxes(title_text="equity", row=1, col=1)
+        fig.update_yaxes(title_text="drawdown %", row=2, col=1)
+        fig.update_xaxes(title_text="New York time", row=2, col=1)
+        fig.update_layout(title=self._headline(), template="plotly_white", height=700, showlegend=False)
+        fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+        return path
+
+    def write_png(self, path: Path | str, dpi: int = 110) -> Path:
+        """Equity and drawdown panels (matplotlib Agg: no display, no browser)."""
+        fig = self.figure()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
+        return path
+
+    def figure(self):
+        """A matplotlib Figure with the equity and drawdown panels (not tied to pyplot)."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(11, 6.5), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax_eq, ax_dd = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+        i = _decimate(self.equity, PLOT_POINTS)
+        j = _decimate(self.drawdown, PLOT_POINTS)
+        ax_eq.plot(_ny_times(self.equity_ts[i]).tz_localize(None), self.equity[i], lw=1.2)
+        ax_eq.set_ylabel("equity")
+        ax_eq.grid(alpha=0.3)
+        ax_eq.set_title(self._headline(), fontsize=10)
+        x = _ny_times(self.equity_ts[j]).tz_localize(None)
+        ax_dd.fill_between(x, self.drawdown[j] * 100, 0, color="firebrick", alpha=0.4, lw=0)
+        ax_dd.set_ylabel("drawdown %")
+        ax_dd.set_xlabel("New York time")
+        ax_dd.grid(alpha=0.3)
+        return fig
+
+    def _headline(self) -> str:
+        m = self.metrics
+        return (
+            f"{self.title or 'liu report'} — return {_fmt(m.get('total_return'), 'pct')}, "
+            f"Sharpe {_fmt(m.get('sharpe'), 'num')}, max DD {_fmt(m.get('max_drawdown'), 'pct')}, "
+            f"{m.get('round_trips', 0)} round trips"
+        )
+
+    # ------------------------------------------------------------ terminal
+
+    def print(self, console=None, max_rows: int = 25) -> None:
+        """Headline metrics, then per-strategy and per-symbol tables (rich)."""
+        from rich.console import Console
+        from rich.table import Table
+
+        console = console or Console()
+        head = Table(title=self.title or "Performance", show_header=False, title_justify="left")
+        head.add_column("metric", style="bold")
+        head.add_column("value", justify="right")
+        head.add_column("metric", style="bold")
+        head.add_column("value", justify="right")
+        cells = [(label, _fmt(self.metrics.get(key), kind)) for key, label, kind in HEADLINE]
+        half = (len(cells) + 1) // 2
+        for left, right in zip(cells[:half], cells[half:] + [("", "")], strict=False):
+            head.add_row(*left, *right)
+        console.print(head)
+        for rows, key in ((self.per_strategy, "strategy"), (self.per_symbol, "symbol")):
+            if not rows:
+                continue
+            table = Table(title=f"By {key}", title_justify="left")
+            table.add_column(key)
+            for _, label, _kind in GROUP_COLUMNS:
+                table.add_column(label, justify="right")
+            for row in rows[:max_rows]:
+                cells = [_fmt(row.get(k), kind) for k, _, kind in GROUP_COLUMNS]
+                style = "green" if row["pnl"] > 0 else "red" if row["pnl"] < 0 else None
+                table.add_row(str(row[key]), *cells, style=style)
+            if len(rows) > max_rows:
+                table.caption = f"{len(rows) - max_rows} more {key}s in the JSON report"
+            console.print(table)
+        for note in self.notes:
+            console.print(f"[yellow]note:[/] {note}")
+
+
+HEADLINE = [
+    ("start_equity", "Start equity", "money"),
+    ("end_equity", "End equity", "money"),
+    ("total_return", "Total return", "pct"),
+    ("cagr", "CAGR", "pct"),
+    ("volatility", "Volatility (ann.)", "pct"),
+    ("sharpe", "Sharpe", "num"),
+    ("sortino", "Sortino", "num"),
+    ("calmar", "Calmar", "num"),
+    ("max_drawdown", "Max drawdown", "pct"),
+    ("max_drawdown_duration_s", "Max DD duration", "dur"),
+    ("exposure", "Exposure", "pct"),
+    ("round_trips", "Round trips", "int"),
+    ("win_rate", "Win rate", "pct"),
+    ("profit_factor", "Profit factor", "num"),
+    ("expectancy", "Expectancy / trip", "money"),
+    ("avg_holding_s", "Avg holding", "dur"),
+    ("mean_r", "Mean R / trip", "num"),
+    ("fees", "Fees paid", "money"),
+]
+GROUP_COLUMNS = [
+    ("round_trips", "trips", "int"),
+    ("win_rate", "win rate", "pct"),
+    ("pnl", "P&L", "money"),
+    ("profit_factor", "PF", "num"),
+    ("expectancy", "expectancy", "money"),
+    ("mean_r", "mean R", "num"),
+    ("avg_holding_s", "avg hold", "dur"),
+    ("fees", "fees", "money"),
+]
+
+
+def build_report(
+    fills: Iterable[Fill],
+    equity_ts: np.ndarray | None = None,
+    equity: np.ndarray | None = None,
+    start_cash: float = 100_000.0,
+    *,
+    title: str = "",
+    notes: Iterable[str] = (),
+    periods_per_year: int = M.PERIODS_PER_YEAR,
+) -> Report:
+    """Match the fills into round trips and measure everything.
+
+    Without `equity_ts`/`equity` the curve is rebuilt from the fills (fill-marked).
+    """
+    fills = sorted(fills, key=lambda f: f.ts)
+    notes = list(notes)
+    trips, still_open = match_fills(fills)
+    if equity_ts is None or equity is None or len(equity_ts) == 0:
+        equity_ts, equity = equity_from_fills(fills, start_cash)
+        source = "fills"
+        notes.append(
+            "equity rebuilt from fills: positions marked at the latest fill price (fill-marked curve)"
+        )
+    else:
+        equity_ts = np.asarray(equity_ts, dtype=np.int64)
+        equity = np.asarray(equity, dtype=np.float64)
+        source = "given"
+    fees_by: dict[str, dict[str, float]] = {"symbol": {}, "strategy": {}}
+    for f in fills:
+        for key in ("symbol", "strategy"):
+            g = getattr(f, key)
+            fees_by[key][g] = fees_by[key].get(g, 0.0) + f.fee
+    metrics = M.compute_metrics(
+        equity_ts,
+        equity,
+        trips,
+        start_equity=start_cash,
+        open_positions=still_open,
+        fees=float(sum(f.fee for f in fills)),
+        periods_per_year=periods_per_year,
+    )
+    metrics["fills"] = len(fills)
+    metrics["open_positions"] = len(still_open)
+    return Report(
+        title=title,
+        start_cash=float(start_cash),
+        metrics=metrics,
+        per_strategy=M.breakdown(trips, "strategy", fees_by["strategy"]),
+        per_symbol=M.breakdown(trips, "symbol", fees_by["symbol"]),
+        equity_ts=equity_ts,
+        equity=equity,
+        drawdown=M.drawdown(equity, start_cash),
+        trips=trips,
+        open_positions=still_open,
+        equity_source=source,
+        notes=notes,
+    )
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def trips_frame(trips: Sequence[RoundTrip]) -> pd.DataFrame:
+    """Round trips as a DataFrame; entry/exit times converted to New York time."""
+    columns = [f for f in RoundTrip.__dataclass_fields__]
+    df = pd.DataFrame([asdict(t) for t in trips], columns=columns)
+    for col in ("entry_ts", "exit_ts"):
+        df[col.replace("_ts", "_time")] = _ny_times(df[col].to_numpy(dtype=np.int64))
+    df["holding"] = pd.to_timedelta(df["exit_ts"] - df["entry_ts"], unit="ns")
+    return df
+
+
+def _ny_times(ts: np.ndarray) -> pd.DatetimeIndex:
+    return pd.to_datetime(np.asarray(ts, dtype=np.int64), unit="ns", utc=True).tz_convert(M.NY)
+
+
+def _decimate(values: np.ndarray, max_points: int) -> np.ndarray:
+    """Indices to plot: all, or the first, last, min and max of each bucket."""
+    n = len(values)
+    if n <= max_points:
+        return np.arange(n)
+    edges = np.linspace(0, n, max_points // 2 + 1, dtype=np.int64)
+    keep = [0, n - 1]
+    for a, b in zip(edges[:-1], edges[1:], strict=True):
+        if b > a:
+            seg = values[a:b]
+            keep += [a + int(np.argmin(seg)), a + int(np.argmax(seg))]
+    return np.unique(keep)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _fmt(value: Any, kind: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float) and math.isinf(value):
+        return "∞" if value > 0 else "-∞"
+    if kind == "pct":
+        return f"{value * 100:.2f} %"
+    if kind == "money":
+        return f"{value:,.2f}"
+    if kind == "int":
+        return f"{int(value):,}"
+    if kind == "dur":
+        return _duration(float(value))
+    return f"{value:.2f}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes = seconds / 60
+    if minutes < 60:
+        return f"{minutes:.0f}m"
+    hours = minutes / 60
+    if hours < 48:
+        return f"{int(hours)}h{int(minutes % 60):02d}m"
+    return f"{hours / 24:.1f}d"
