@@ -16,6 +16,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     PrimaryKeyConstraint,
@@ -23,7 +24,7 @@ from sqlalchemy import (
     Text,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 metadata = MetaData()
 
@@ -175,6 +176,47 @@ stock_ohlc = Table(
     Column("volume", Float, nullable=False),
     Column("indicators", JSONB),
     PrimaryKeyConstraint("symbol", "symbol_date"),
+)
+
+model_names = Table(
+    "model_names",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("last_version", Integer, nullable=False),
+    Column("created_at", TZ, nullable=False, server_default=func.now()),
+)
+
+models = Table(
+    "models",
+    metadata,
+    Column("name", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("spec_hash", Text, nullable=False),
+    Column("input_width", Integer, nullable=False),
+    Column("metric_name", Text, nullable=False),
+    Column("metric_value", Float, nullable=False),
+    Column("metrics", JSONB),
+    Column("metadata", JSONB),
+    Column("is_best", Boolean, nullable=False, server_default="false"),
+    Column("promoted_at", TZ),
+    Column("created_at", TZ, nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("name", "version"),
+)
+
+predictions = Table(
+    "predictions",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("batch_id", Text, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("symbol", Text, nullable=False),
+    Column("bar_ts", TZ, nullable=False),
+    Column("outputs", ARRAY(Float), nullable=False),
+    Column("created_at", TZ, nullable=False, server_default=func.now()),
+    Index("ix_predictions_batch_id_model", "batch_id", "model"),
+    Index("ix_predictions_model_version", "model", "version"),
 )
 
 TABLES = [t.name for t in metadata.sorted_tables]
