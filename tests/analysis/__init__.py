@@ -1,0 +1,1 @@
+"""Tests of liu.analysis: round trips, metrics, report, batch analysis and notebooks."""
