@@ -7,6 +7,7 @@ session), so both are analysed alike. See `metrics` for the written-down convent
 from liu.analysis.batch import (
     BatchNotFound,
     analyse_batch,
+    bar_closes,
     latest_batch,
     list_batches,
     load_bars,
@@ -24,6 +25,7 @@ __all__ = [
     "Report",
     "RoundTrip",
     "analyse_batch",
+    "bar_closes",
     "build_report",
     "compute_metrics",
     "daily_returns",

@@ -159,6 +159,25 @@ async def load_bars(
     return out
 
 
+def bar_closes(bars: dict[str, dict[str, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """symbol -> (time of each bar's END, close), for `equity_from_fills(prices=...)`.
+
+    stock_ohlc stamps a bar with its start; its close is only known at its end. The bar
+    length is the most common spacing of the symbol's bars (60 s when there is one bar).
+    """
+    out = {}
+    for sym, b in bars.items():
+        ts = b["ts"]
+        steps = np.diff(ts)
+        if steps.size:
+            values, counts = np.unique(steps, return_counts=True)
+            length = int(values[np.argmax(counts)])
+        else:
+            length = 60 * 10**9
+        out[sym] = (ts + length, b["close"])
+    return out
+
+
 async def save_analysis(dsn: str, batch_id: str, trips: Sequence[RoundTrip]) -> int:
     """Replace the batch's gain_loss and trade_analysis rows with one row per round trip each.
 
@@ -279,6 +298,7 @@ def _num(value: float) -> float | None:
 __all__ = [
     "BatchNotFound",
     "analyse_batch",
+    "bar_closes",
     "latest_batch",
     "list_batches",
     "load_bars",

@@ -33,35 +33,48 @@ PLOT_POINTS = 4000  # charts keep each bucket's min and max, so peaks and trough
 # ---------------------------------------------------------------- equity from fills
 
 
-def equity_from_fills(fills: Sequence[Fill], start_cash: float) -> tuple[np.ndarray, np.ndarray]:
-    """Fill-marked equity (see the module docstring): one sample per distinct fill time."""
-    if not fills:
-        return np.zeros(0, np.int64), np.zeros(0, np.float64)
-    order = sorted(range(len(fills)), key=lambda i: fills[i].ts)
-    fs = [fills[i] for i in order]
-    ts = np.array([f.ts for f in fs], dtype=np.int64)
-    px = np.array([f.price for f in fs], dtype=np.float64)
-    fee = np.array([f.fee for f in fs], dtype=np.float64)
+def equity_from_fills(
+    fills: Sequence[Fill],
+    start_cash: float,
+    prices: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Equity rebuilt from fills: cash + positions marked at the latest known price.
+
+    Without `prices` this is the fill-marked curve of the module docstring (one sample per
+    distinct fill time). `prices` maps symbol -> (ts ns, price), e.g. bar closes stamped
+    at the bar's END; the curve then also has a sample at each of those times. At equal
+    times a fill's price counts as later than a bar's.
+    """
+    fs = sorted(fills, key=lambda f: f.ts)
+    ts_f = np.array([f.ts for f in fs], dtype=np.int64)
+    px_f = np.array([f.price for f in fs], dtype=np.float64)
     sq = np.array([f.qty if f.side == "buy" else -f.qty for f in fs], dtype=np.float64)
-    cash = start_cash - np.cumsum(sq * px + fee)
-    # Marked value of each symbol after each of its fills; the total changes by that
-    # symbol's change only, so the portfolio value is a cumsum of per-symbol deltas.
-    _, code = np.unique([f.symbol for f in fs], return_inverse=True)
-    by_symbol = np.argsort(code, kind="stable")
-    c = code[by_symbol]
-    first = np.concatenate([[True], c[1:] != c[:-1]])
-    csum = np.cumsum(sq[by_symbol])
-    group_base = np.maximum.accumulate(np.where(first, np.arange(c.size), 0))
-    offset = np.where(group_base > 0, csum[group_base - 1], 0.0)
-    pos = csum - offset
-    value = pos * px[by_symbol]
-    prev = np.concatenate([[0.0], value[:-1]])
-    prev[first] = 0.0
-    delta = np.empty_like(value)
-    delta[by_symbol] = value - prev
-    equity = cash + np.cumsum(delta)
-    last = np.flatnonzero(np.append(ts[1:] != ts[:-1], True))  # one sample per time: the last
-    return ts[last], equity[last]
+    fee = np.array([f.fee for f in fs], dtype=np.float64)
+    symbols = np.array([f.symbol for f in fs], dtype=object)
+    traded = list(dict.fromkeys(f.symbol for f in fs))
+    extra = [np.asarray(prices[s][0], dtype=np.int64) for s in traded if prices and s in prices]
+    timeline = np.unique(np.concatenate([ts_f, *extra]))
+    if timeline.size == 0:
+        return timeline, np.zeros(0, np.float64)
+    cash_after = start_cash - np.cumsum(sq * px_f + fee)
+    k = np.searchsorted(ts_f, timeline, side="right")
+    cash = np.where(k > 0, cash_after[np.maximum(k - 1, 0)], start_cash)
+    value = np.zeros(timeline.size)
+    for sym in traded:
+        m = symbols == sym
+        t_s, pos_cum = ts_f[m], np.cumsum(sq[m])
+        kk = np.searchsorted(t_s, timeline, side="right")
+        pos = np.where(kk > 0, pos_cum[np.maximum(kk - 1, 0)], 0.0)
+        p_ts, p_px = t_s, px_f[m]
+        if prices and sym in prices:
+            b_ts = np.asarray(prices[sym][0], dtype=np.int64)
+            b_px = np.asarray(prices[sym][1], dtype=np.float64)
+            both_ts = np.concatenate([b_ts, t_s])
+            order = np.lexsort((np.r_[np.zeros(b_ts.size), np.ones(t_s.size)], both_ts))
+            p_ts, p_px = both_ts[order], np.concatenate([b_px, p_px])[order]
+        j = np.searchsorted(p_ts, timeline, side="right") - 1
+        value += pos * np.where(j >= 0, p_px[np.maximum(j, 0)], 0.0)
+    return timeline, cash + value
 
 
 # ---------------------------------------------------------------- the report
@@ -268,6 +281,7 @@ def build_report(
     title: str = "",
     notes: Iterable[str] = (),
     periods_per_year: int = M.PERIODS_PER_YEAR,
+    equity_source: str = "given",
 ) -> Report:
     """Match the fills into round trips and measure everything.
 
@@ -285,7 +299,7 @@ def build_report(
     else:
         equity_ts = np.asarray(equity_ts, dtype=np.int64)
         equity = np.asarray(equity, dtype=np.float64)
-        source = "given"
+        source = equity_source
     fees_by: dict[str, dict[str, float]] = {"symbol": {}, "strategy": {}}
     for f in fills:
         for key in ("symbol", "strategy"):

@@ -107,3 +107,22 @@ def test_print_shows_headline_and_breakdowns() -> None:
     out = console.export_text()
     for text in ("My run", "Sharpe", "Max drawdown", "By strategy", "By symbol", "AAA", "other", "3.00 %"):
         assert text in out
+
+
+def test_equity_marked_to_bar_closes_by_hand() -> None:
+    fills = [fill("a", "buy", 10, 10, fee=1, t=M), fill("b", "sell", 10, 13, t=4 * M)]
+    # Bar closes of AAA at 0, 2, 3 and 4 minutes; at 4 minutes the fill (13) is later than the bar (12.5).
+    prices = {"AAA": (np.array([T, T + 2 * M, T + 3 * M, T + 4 * M]), np.array([9.0, 11.0, 9.5, 12.5]))}
+    ts, eq = equity_from_fills(fills, 1000.0, prices)
+    assert list(ts) == [T, T + M, T + 2 * M, T + 3 * M, T + 4 * M]
+    # before the buy: 1000; bought at 10 (cash 899): 899 + 100; then marked at 11 and 9.5; sold at 13: 1029
+    assert eq == pytest.approx([1000.0, 999.0, 1009.0, 994.0, 1029.0])
+
+
+def test_bar_closes_are_stamped_at_the_bar_end() -> None:
+    from liu.analysis.batch import bar_closes
+
+    bars = {"AAA": {"ts": np.array([0, 60, 120, 300]), "close": np.array([1.0, 2.0, 3.0, 4.0])}}
+    ((ts, close),) = bar_closes(bars).values()
+    assert list(ts) == [60, 120, 180, 360]  # most common spacing: 60
+    assert list(close) == [1.0, 2.0, 3.0, 4.0]
