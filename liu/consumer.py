@@ -66,6 +66,8 @@ class Consumer:
         a, i = setup.stats.array, setup.index
         self._a = a
         self._idx = {f: setup.stats.consumer_index(i, f) for f in (*_COUNTS, "lag_us")}
+        self.watcher = None  # liu.ml.inference.ModelWatcher when the plan names models
+        self.predictions = None  # liu.ml.predictions.PredictionWriter when there is a database
 
     def on_frame(self, kind: int, payload) -> None:
         self._queue.append((kind, payload))
@@ -127,12 +129,19 @@ class Consumer:
             a[idx[name]] = c[name]
 
     async def _tick(self) -> None:
-        """Housekeeping every 250 ms: close quiet symbols' bars (live only), save keystores."""
+        """Housekeeping every 250 ms: close quiet symbols' bars (live only), save keystores,
+        write predictions, follow model promotions."""
         while True:
             await asyncio.sleep(0.25)
             if self.clock is not None and self.clock.realtime:
                 await self.runner.flush_bars(self.clock.now_ns())
             await self._save_keystores()
+            if self.predictions is not None:
+                # Shielded: a Stop cancels this task, and a COPY cut off mid-way would lose or repeat rows;
+                # the final close() waits for it (same lock) and writes the rest.
+                await asyncio.shield(self.predictions.flush())
+            if self.watcher is not None:
+                await self.watcher.poll()
 
     async def _save_keystores(self) -> None:
         if self.setup.dsn is None:
@@ -154,9 +163,41 @@ class Consumer:
             orders=c["orders"],
             rejected=c["rejected"],
             symbols=sorted(self.runner.features.history.keys() | self.runner.last_price.keys()),
-            strategies=self.runner.report(),
+            strategies=self._strategy_report(),
             fills=[dataclasses.asdict(f) for f in self.runner.fill_log],
         )
+
+    def _strategy_report(self) -> dict[str, dict]:
+        """The runner's per-strategy rows; with models, each row also gets its models' scoring counts."""
+        rows = self.runner.report()
+        scorer = self._scorer()
+        if scorer is not None:
+            stats = scorer.stats()
+            for label, row in rows.items():
+                names = self.runner.slots[label].ctx.models
+                if names:
+                    row["models"] = {n: stats[n] for n in names}
+        return rows
+
+    def _scorer(self):
+        from liu.ml.inference import scorer_of  # only plans with models pay for onnxruntime
+
+        return scorer_of(self.runner) if self.runner.bar_hooks else None
+
+    def log_models(self) -> None:
+        scorer = self._scorer()
+        if scorer is None:
+            return
+        for name, st in scorer.stats().items():
+            log.info(
+                "model %s: %d bars, %d warming up, scored per version %s, %d errors, refused %s",
+                name,
+                st["bars"],
+                st["warming"],
+                st["scored"],
+                st["errors"],
+                sorted(st["refused"]) or "none",
+            )
 
 
 def build_runner(
@@ -168,11 +209,17 @@ def build_runner(
     sink=None,
     not_shortable: tuple[str, ...] = (),
     stale_after_ns: int | None = None,
+    models: list | None = None,
+    predictions=None,
 ) -> StrategyRunner:
-    """One shard's runner: a paper broker on `account` and the plan's strategies.
+    """One shard's runner: a paper broker on `account` and the plan's strategies (and their models).
 
     The consumers and the backtester both build their runner here, so the two
-    run the same strategies through the same broker with the same settings.
+    run the same strategies through the same broker with the same settings,
+    and score the same models at the same bar closes. `models` are the plan's
+    models already loaded (`liu.ml.inference.load_plan_models`, which asks the
+    registry for serving versions); without them every model must be pinned.
+    `predictions` receives every model output (a `PredictionWriter`).
     """
     b = plan.broker
     broker = PaperBroker(
@@ -191,6 +238,10 @@ def build_runner(
         runner.add_strategy(
             strategy, keystores.setdefault(sp.label, Keystore()), (sp.schedule.start, sp.schedule.end)
         )
+    if models is not None or any(sp.models for sp in plan.strategies):
+        from liu.ml.inference import attach_models, load_plan_models_sync
+
+        attach_models(runner, models if models is not None else load_plan_models_sync(plan), predictions)
     return runner
 
 
@@ -206,11 +257,20 @@ def consumer_main(setup: ConsumerSetup, channel: Connection, results: Connection
 
     async def main() -> None:
         keystores: dict[str, Keystore] = {}
-        writer = None
+        writer = predictions = models = None
         if setup.dsn is not None:
             for sp in setup.plan.strategies:
                 keystores[sp.label] = Keystore(await load_keystore(setup.dsn, sp.label))
             writer = await TradeWriter.open(setup.dsn, setup.batch_id, setup.run_ids)
+        if any(sp.models for sp in setup.plan.strategies):
+            from liu.ml.inference import load_plan_models
+            from liu.ml.predictions import PredictionWriter
+
+            models = await load_plan_models(setup.plan, setup.dsn)
+            for pm in models:
+                log.info("model %s: serving version %d (%s)", pm.name, pm.loaded.version, pm.loaded.path)
+            if setup.dsn is not None:
+                predictions = await PredictionWriter.open(setup.dsn, setup.batch_id)
         runner = build_runner(
             setup.plan,
             setup.account,
@@ -219,13 +279,29 @@ def consumer_main(setup: ConsumerSetup, channel: Connection, results: Connection
             sink=writer,
             not_shortable=setup.not_shortable,
             stale_after_ns=int(setup.plan.consumers.stale_after * 1e9),
+            models=models,
+            predictions=predictions,
         )
         gc.freeze()  # long-lived objects from imports and set-up: keep full collections short
         consumer = Consumer(setup, runner, keystores)
+        consumer.predictions = predictions
+        if models:
+            from liu.ml.inference import ModelWatcher, scorer_of
+
+            consumer.watcher = ModelWatcher(scorer_of(runner), models, setup.dsn)
+            await consumer.watcher.start()
         reader = ChannelReader(channel, consumer.on_frame, consumer.on_eof)
         try:
             await consumer.run(reader)
         finally:
+            consumer.log_models()
+            if consumer.watcher is not None:
+                await consumer.watcher.close()
+            if predictions is not None:
+                try:
+                    await predictions.close()
+                except Exception:  # still report; the rows' loss is logged
+                    log.exception("final prediction flush failed")
             if writer is not None:
                 try:
                     await consumer._save_keystores()

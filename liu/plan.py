@@ -153,8 +153,26 @@ class ScannerPlan(PluginPlan):
     target_strategies: list[str] = []
 
 
+class ModelRef(_Table):
+    """A model a strategy uses: its spec file, a pinned version (or follow the registry), a vote weight."""
+
+    spec: str
+    version: int | None = Field(default=None, ge=1)
+    """Pinned registry version; omitted = the registry's serving version, following promotions."""
+    weight: float = Field(default=1.0, gt=0)
+
+
 class StrategyPlan(PluginPlan):
     schedule: Schedule = Schedule()
+    models: list[ModelRef] = []
+
+    @model_validator(mode="after")
+    def _models_unique(self) -> StrategyPlan:
+        specs = [m.spec for m in self.models]
+        dupes = sorted({s for s in specs if specs.count(s) > 1})
+        if dupes:
+            raise ValueError(f"models: spec {dupes[0]!r} is listed twice")
+        return self
 
 
 class TradePlan(_Table):
@@ -175,6 +193,19 @@ class TradePlan(_Table):
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"strategy names must be unique; repeated: {sorted(dupes)}")
+        pins: dict[Path, tuple[str, int | None]] = {}
+        for i, st in enumerate(self.strategies):
+            for j, m in enumerate(st.models):
+                spec = self.path(m.spec)
+                where = f"strategies.{i}.models.{j}"
+                if not spec.is_file():
+                    raise ValueError(f"{where}: spec file {spec} not found (expected a model spec TOML)")
+                seen = pins.setdefault(spec.resolve(), (st.label, m.version))
+                if seen[1] != m.version:
+                    raise ValueError(
+                        f"{where}: strategy {st.label!r} uses {m.spec} at version {_pin(m.version)} but "
+                        f"strategy {seen[0]!r} at version {_pin(seen[1])}; one process scores one version"
+                    )
         for sc in self.scanners:
             for target in sc.target_strategies:
                 if target not in names:
@@ -186,6 +217,10 @@ class TradePlan(_Table):
     def path(self, value: str) -> Path:
         p = Path(value).expanduser()
         return p if p.is_absolute() else self.base_dir / p
+
+
+def _pin(version: int | None) -> str:
+    return "serving" if version is None else str(version)
 
 
 _TYPE_TAGS = {"int", "float", "str", "bool", "dict", "list"}

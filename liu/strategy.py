@@ -15,10 +15,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from liu.errors import ConfigError
 from liu.events import Bar, Fill, Order, Quote, Trade
 from liu.features import BarHistory
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from liu.ml.inference import ModelScorer
     from liu.runner import StrategyRunner
 
 OrderList = list[Order] | None
@@ -52,6 +56,16 @@ class Context:
         self._runner = runner
         self.keystore = keystore
         self.log = logging.getLogger(f"liu.strategy.{strategy}")
+        self.models: dict[str, float] = {}
+        """Models listed in this strategy's tradeplan entry: name → vote weight (plan order)."""
+        self._scorer: ModelScorer | None = None
+        self._predictions: dict[str, dict[str, np.ndarray | None]] = {}
+
+    def attach_models(self, scorer: ModelScorer, weights: dict[str, float]) -> None:
+        """Give this strategy its models' outputs (done by `build_runner` from the tradeplan)."""
+        self._scorer = scorer
+        self.models = dict(weights)
+        self._predictions = {name: scorer.latest(name) for name in weights}
 
     @property
     def now(self) -> int:
@@ -96,6 +110,32 @@ class Context:
     def indicator(self, symbol: str, name: str, **params: Any):
         """The streaming indicator object itself (`.value`, `.peek(x)`)."""
         return self._runner.features.indicator(symbol, name, **params)
+
+    def prediction(self, model: str, symbol: str) -> np.ndarray | None:
+        """Outputs of `model` at `symbol`'s latest closed bar, or None while its features warm up.
+
+        A classifier gives its probabilities in `model_classes(model)` order, a regressor a
+        one-element array. In `on_bar` they belong to the bar being handled.
+        """
+        try:
+            return self._predictions[model].get(symbol)
+        except KeyError:
+            raise ConfigError(
+                f"strategy {self.strategy}: no model {model!r} in its tradeplan entry (it has {list(self.models)})"
+            ) from None
+
+    def model_classes(self, model: str) -> tuple:
+        """Class labels in probability order (e.g. (-1, 0, 1)), or ("value",) for a regressor."""
+        if self._scorer is None or model not in self.models:
+            raise ConfigError(
+                f"strategy {self.strategy}: no model {model!r} in its tradeplan entry (it has {list(self.models)})"
+            )
+        return self._scorer.classes(model)
+
+    def model_version(self, model: str) -> int:
+        """The version of `model` scoring now (changes when a new version is promoted)."""
+        self.model_classes(model)  # same check
+        return self._scorer.models[model].version  # type: ignore[union-attr]
 
     def buy(
         self,

@@ -60,3 +60,45 @@ def test_invalid_toml_names_the_file(tmp_path):
     p.write_text("[session\nduration=1")
     with pytest.raises(ConfigError, match=r"tp.toml: not valid TOML"):
         load_plan(p)
+
+
+def _model_plan(tmp_path, *models_per_strategy):
+    (tmp_path / "m.toml").write_text("name = 'm'\n")
+    return {
+        "strategies": [
+            {"name": f"s{i}", "file": "a.py", "class": "A", "models": models}
+            for i, models in enumerate(models_per_strategy)
+        ]
+    }
+
+
+def test_strategy_models_resolve_relative_to_the_plan(tmp_path):
+    raw = _model_plan(
+        tmp_path, [{"spec": "m.toml"}, {"spec": str(tmp_path / "m2.toml"), "version": 3, "weight": 0.5}]
+    )
+    (tmp_path / "m2.toml").write_text("name = 'm2'\n")
+    plan = parse_plan(raw, source="tp.toml", base_dir=tmp_path)
+    a, b = plan.strategies[0].models
+    assert (a.version, a.weight, plan.path(a.spec)) == (None, 1.0, tmp_path / "m.toml")
+    assert (b.version, b.weight) == (3, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("models", "expected"),
+    [
+        ([[{"spec": "m.toml", "versoin": 2}]], "[strategies.0.models.0] unknown key 'versoin'"),
+        ([[{"spec": "m.toml", "version": 0}]], "[strategies.0.models.0] version: given 0"),
+        ([[{"spec": "m.toml", "weight": -1}]], "[strategies.0.models.0] weight: given -1"),
+        ([[{"spec": "nope.toml"}]], "strategies.0.models.0: spec file"),
+        ([[{"spec": "m.toml"}, {"spec": "m.toml"}]], "spec 'm.toml' is listed twice"),
+        (
+            [[{"spec": "m.toml"}], [{"spec": "m.toml", "version": 2}]],
+            "strategy 's1' uses m.toml at version 2",
+        ),
+    ],
+)
+def test_bad_model_entries_give_one_clear_message(tmp_path, models, expected):
+    with pytest.raises(ConfigError) as err:
+        parse_plan(_model_plan(tmp_path, *models), source="tp.toml", base_dir=tmp_path)
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
