@@ -1,7 +1,7 @@
 """`trader`: run a trading session, or manage the database.
 
 trader [run] [--plan tradeplan.toml] [--summary-json PATH]
-trader db upgrade [--plan tradeplan.toml]
+trader db upgrade|import FILE [--plan tradeplan.toml]
 trader backtest [--plan tradeplan.toml] [--start DATE] [--end DATE] [--data PATH | --from-db] [--json PATH]
 trader train SPEC.toml
 trader model list [NAME] | trader model promote NAME VERSION
@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
-from liu.errors import LiuError
+from liu.errors import ConfigError, LiuError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,7 +32,12 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
     sub.add_parser("run", help="run a trading session (the default)")
     db = sub.add_parser("db", help="database commands")
-    db.add_argument("action", choices=["upgrade"], help="apply Alembic migrations up to head")
+    db.add_argument(
+        "action",
+        choices=["upgrade", "import"],
+        help="upgrade: apply migrations; import FILE: bars into stock_ohlc",
+    )
+    db.add_argument("file", nargs="?", type=Path, help="bar file (CSV/Parquet) for `db import`")
     bt = sub.add_parser("backtest", help="replay recorded bars through the plan's strategies, then report")
     bt.add_argument("--start", help="first New York date (or timestamp) to replay")
     bt.add_argument("--end", help="last New York date to replay (inclusive)")
@@ -47,19 +52,34 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _db_upgrade(plan_path: Path, console: Console) -> int:
+def _db(args: argparse.Namespace, console: Console) -> int:
     import asyncio
 
     from liu.plan import load_plan
     from liu.store import prepare_database, redact_dsn
 
-    plan = load_plan(plan_path)
+    if args.action == "import" and (args.file is None or not args.file.is_file()):
+        raise ConfigError(
+            f"trader db import: bar file {args.file} not found (expected a CSV or Parquet file)"
+        )
+    plan = load_plan(args.plan)
     dsn, embedded = asyncio.run(
         prepare_database(plan.database.resolve_dsn(), plan.path(plan.database.data_dir))
     )
-    if embedded is not None:
-        embedded.stop()
-    console.print(f"database {redact_dsn(dsn)} is at head")
+    try:
+        if args.action == "import":
+            from liu.store.bars import import_bars
+
+            try:
+                n = asyncio.run(import_bars(dsn, args.file))
+            except ValueError as e:
+                raise ConfigError(f"trader db import {args.file}: {e}") from None
+            console.print(f"imported {n} bars from {args.file} into stock_ohlc")
+        else:
+            console.print(f"database {redact_dsn(dsn)} is at head")
+    finally:
+        if embedded is not None:
+            embedded.stop()
     return 0
 
 
@@ -79,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
 
         load_dotenv(Path.cwd() / ".env")
         if args.command == "db":
-            return _db_upgrade(args.plan, console)
+            return _db(args, console)
         if args.command == "backtest":
             from liu.backtest import backtest_command
 

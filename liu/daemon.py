@@ -37,8 +37,8 @@ from liu.plan import TradePlan
 from liu.plugins import instantiate
 from liu.producer import producer_main
 from liu.progress import merge_strategies, progress_table, summary_tables
-from liu.scanner import Scanner as ScannerBase
-from liu.scanner import ScannerRunner, ScheduledScanner, SymbolInfo
+from liu.scanner import ScannerRunner, ScheduledScanner, SymbolInfo, load_scanners, symbol_infos
+from liu.sources.feeds import feed_config, sim_epoch
 from liu.stats import SharedStats
 from liu.store import add_trending, close_runs, create_runs, prepare_database, record_account, redact_dsn
 from liu.strategy import Strategy
@@ -65,41 +65,6 @@ class Session:
         if self.reason is None:
             self.reason = reason
             self.exit_code = exit_code
-
-
-def _sim_epoch(plan: TradePlan) -> int:
-    """Market time the simulator starts at: today's `market_open` in New York."""
-    hh, mm = (int(x) for x in plan.session.market_open.split(":"))
-    today = datetime.now(NY).date()
-    start = datetime(today.year, today.month, today.day, hh, mm, tzinfo=NY)
-    return int(start.timestamp()) * NS
-
-
-def _feed_config(plan: TradePlan, key: str, secret: str) -> dict[str, Any]:
-    src = plan.source
-    base = {"host": "127.0.0.1", "port": 0, "key": key, "secret": secret}
-    if src.kind == "sim":
-        return base | {
-            "kind": "sim",
-            "symbols": src.symbols,
-            "rate": src.rate,
-            "seed": src.seed,
-            "batch": src.batch,
-            "kinds": ["t", "q"] if src.bars == "trades" else ["t", "q", "b"],
-        }
-    path = plan.path(src.path or "")
-    if not path.exists():
-        raise ConfigError(f"tradeplan [source] path: {path} does not exist (expected a CSV or Parquet file)")
-    speed = None if plan.session.speed == "max" else float(plan.session.speed)
-    symbols = src.symbols if isinstance(src.symbols, list) else None
-    return base | {
-        "kind": "replay",
-        "path": str(path),
-        "symbols": symbols,
-        "start": src.start,
-        "end": src.end,
-        "speed": speed,
-    }
 
 
 class Daemon:
@@ -132,15 +97,7 @@ class Daemon:
         strategies = [
             instantiate(plan.path(s.file), s.class_, Strategy, s.label, s.config) for s in plan.strategies
         ]
-        scanners = [
-            ScheduledScanner(
-                instantiate(plan.path(s.file), s.class_, ScannerBase, s.label, s.config),
-                int(s.recurrence * NS) if s.recurrence else None,
-                tuple(s.target_strategies),
-            )
-            for s in plan.scanners
-        ]
-        return scanners, strategies
+        return load_scanners(plan), strategies
 
     async def _start_server(self, key: str, secret: str) -> tuple[str, dict[str, SymbolInfo], int | None]:
         from liu.sources.server import serve_process
@@ -154,7 +111,7 @@ class Daemon:
         self.server_conn = parent
         self.server_proc = self.ctx.Process(
             target=serve_process,
-            args=(_feed_config(self.plan, key, secret), child),
+            args=(feed_config(self.plan, key, secret), child),
             name="liu-marketdata",
             daemon=True,
         )
@@ -165,12 +122,7 @@ class Daemon:
             raise ConfigError(f"market-data server failed to start: {msg[1] if len(msg) > 1 else msg}")
         port, universe = msg[1], msg[2]
         first_ts = msg[3] if len(msg) > 3 else None
-        info = {
-            s: SymbolInfo(
-                float(v.get("price", 0.0)), float(v.get("avg_volume", 0.0)), bool(v.get("shortable", True))
-            )
-            for s, v in universe.items()
-        }
+        info = symbol_infos(universe)
         return f"ws://127.0.0.1:{port}", info, first_ts
 
     async def _recv(self, conn: Any, timeout: float, what: str) -> Any:
@@ -267,7 +219,7 @@ class Daemon:
                 loop.add_signal_handler(sig, session.end, sig.name)
 
             speed = None if plan.session.speed == "max" else float(plan.session.speed)
-            data0 = (first_ts or time.time_ns()) if plan.source.kind == "replay" else _sim_epoch(plan)
+            data0 = (first_ts or time.time_ns()) if plan.source.kind == "replay" else sim_epoch(plan)
             scan_runner = ScannerRunner(scanners, universe)
             if not scanners:  # no scanner: every strategy trades the whole universe
                 await self._subscribe(Assign(tuple(universe), (), ""))

@@ -13,6 +13,9 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from liu.plan import TradePlan
+from liu.plugins import instantiate
+
 log = logging.getLogger(__name__)
 
 
@@ -99,3 +102,25 @@ class ScannerRunner:
             else:
                 s.done = True
         return picked
+
+
+def load_scanners(plan: TradePlan) -> list[ScheduledScanner]:
+    """The plan's scanners, loaded and validated, with their recurrence and target strategies."""
+    return [
+        ScheduledScanner(
+            instantiate(plan.path(s.file), s.class_, Scanner, s.label, s.config),
+            int(s.recurrence * 1_000_000_000) if s.recurrence else None,
+            tuple(s.target_strategies),
+        )
+        for s in plan.scanners
+    ]
+
+
+def symbol_infos(universe: dict[str, dict]) -> dict[str, SymbolInfo]:
+    """A feed's universe (symbol → price, avg_volume, shortable) as scanner inputs."""
+    return {
+        s: SymbolInfo(
+            float(v.get("price", 0.0)), float(v.get("avg_volume", 0.0)), bool(v.get("shortable", True))
+        )
+        for s, v in universe.items()
+    }

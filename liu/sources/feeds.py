@@ -18,9 +18,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
-from liu.clock import Clock
+from liu.clock import NS, Clock
+from liu.errors import ConfigError
+from liu.plan import TradePlan
+
+NY = ZoneInfo("America/New_York")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +72,38 @@ def make_feed(config: dict[str, Any]) -> Feed:
 
         return ReplayFeed(**{k: config[k] for k in REPLAY_KEYS if k in config})
     raise ValueError(f"unknown feed kind {kind!r} (expected 'sim' or 'replay')")
+
+
+def sim_epoch(plan: TradePlan) -> int:
+    """Market time the simulator starts at: today's `market_open` in New York."""
+    hh, mm = (int(x) for x in plan.session.market_open.split(":"))
+    today = datetime.now(NY).date()
+    start = datetime(today.year, today.month, today.day, hh, mm, tzinfo=NY)
+    return int(start.timestamp()) * NS
+
+
+def feed_config(plan: TradePlan, key: str = "", secret: str = "") -> dict[str, Any]:
+    src = plan.source
+    base = {"host": "127.0.0.1", "port": 0, "key": key, "secret": secret}
+    if src.kind == "sim":
+        return base | {
+            "kind": "sim",
+            "symbols": src.symbols,
+            "rate": src.rate,
+            "seed": src.seed,
+            "batch": src.batch,
+            "kinds": ["t", "q"] if src.bars == "trades" else ["t", "q", "b"],
+        }
+    path = plan.path(src.path or "")
+    if not path.exists():
+        raise ConfigError(f"tradeplan [source] path: {path} does not exist (expected a CSV or Parquet file)")
+    speed = None if plan.session.speed == "max" else float(plan.session.speed)
+    symbols = src.symbols if isinstance(src.symbols, list) else None
+    return base | {
+        "kind": "replay",
+        "path": str(path),
+        "symbols": symbols,
+        "start": src.start,
+        "end": src.end,
+        "speed": speed,
+    }

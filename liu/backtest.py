@@ -1,0 +1,411 @@
+"""The backtester: the plan's scanners and strategies over recorded data, in one process, in time order.
+
+It is the daemon's event path without the sockets and processes. The runner
+comes from `liu.consumer.build_runner` (the same broker, fill model and
+settings as a consumer), the events come from the same feed the market-data
+server would replay, decoded by the producer's own `decode` into the same wire
+tuples. Scanners run on their recurrence in data time. So a strategy sees in a
+backtest exactly the events, in exactly the order, that it sees live.
+
+`run_backtest` is a plain function returning a `BacktestResult`, so an
+optimizer or walk-forward driver can call it in a loop; `trader backtest`
+wraps it with progress, storage and the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from msgpack import unpackb
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from liu.brokers.account import Account
+from liu.clock import NS, ClockSpec, FakeClock
+from liu.consumer import build_runner
+from liu.errors import ConfigError
+from liu.events import MALFORMED, Fill, Order
+from liu.plan import TradePlan
+from liu.producer import decode
+from liu.runner import Keystore, StrategyRunner
+from liu.scanner import ScannerRunner, load_scanners, symbol_infos
+from liu.sources.feeds import Feed, feed_config, make_feed, sim_epoch
+from liu.sources.protocol import encode
+
+log = logging.getLogger(__name__)
+MINUTE = 60 * NS
+
+
+@dataclass
+class BacktestResult:
+    """What a backtest did: every order and fill, the equity curve and the runner's counts."""
+
+    batch_id: str
+    start_cash: float
+    fills: list[Fill]
+    orders: list[Order]
+    equity_ts: np.ndarray  # int64 ns data time: the end of each minute that had events
+    equity: np.ndarray  # cash + positions marked at the last price, at those times
+    last_price: dict[str, float]
+    counts: dict[str, int]
+    strategies: dict[str, dict]
+    run_ids: dict[str, int] = field(default_factory=dict)
+    report: Any = None  # liu.analysis Report, when the batch was stored and analysed
+
+    @property
+    def final_equity(self) -> float:
+        return float(self.equity[-1]) if len(self.equity) else self.start_cash
+
+
+class _RecordingSink:
+    """Keeps every order the runner placed (and forwards to the database writer, if any)."""
+
+    def __init__(self, inner: Any = None) -> None:
+        self.inner = inner
+        self.orders: list[Order] = []
+
+    def add_order(self, order: Order) -> None:
+        self.orders.append(order)
+        if self.inner is not None:
+            self.inner.add_order(order)
+
+    def update_order_status(self, client_order_id: str, status: str, reason: str) -> None:
+        if self.inner is not None:
+            self.inner.update_order_status(client_order_id, status, reason)
+
+    def add_fill(self, fill: Fill) -> None:
+        if self.inner is not None:
+            self.inner.add_fill(fill)
+
+
+# -- event sources ---------------------------------------------------------------------------
+
+
+def replay_config(plan: TradePlan, data: Path | None, start: Any, end: Any) -> dict[str, Any]:
+    """The feed config the daemon's server would use, with the backtest's file and date range."""
+    if data is not None:
+        if not data.exists():
+            raise ConfigError(f"backtest --data {data}: file not found (expected a CSV or Parquet file)")
+        symbols = plan.source.symbols if isinstance(plan.source.symbols, list) else None
+        cfg: dict[str, Any] = {"kind": "replay", "path": str(data), "symbols": symbols}
+    else:
+        cfg = feed_config(plan)
+    if cfg["kind"] == "replay":
+        cfg["speed"] = None  # as fast as the runner takes it
+        cfg["start"] = start if start is not None else cfg.get("start")
+        cfg["end"] = end if end is not None else cfg.get("end")
+    return cfg
+
+
+async def _feed_batches(feed: Feed, clock: Any, end_ns: int | None) -> AsyncIterator[list[tuple]]:
+    """Decode the feed's frames exactly as the producer does (bad messages become MALFORMED events).
+
+    Each frame goes through the wire encoding and back (`encode`, then `unpackb(timestamp=2)` as in the
+    producer), so the tuples are bit-for-bit what a consumer receives from the server.
+    """
+    async for frame in feed.frames(clock):
+        batch = []
+        for m in unpackb(encode(frame), timestamp=2):
+            try:
+                ev = decode(m, 0)
+            except Exception as e:
+                sym = m.get("S") if isinstance(m, dict) else None
+                if not isinstance(sym, str):
+                    continue
+                ev = (MALFORMED, sym, 0, f"{type(e).__name__}: {e}"[:200], 0)
+            if ev is not None:
+                batch.append(ev)
+        if end_ns is not None and batch and batch[-1][2] >= end_ns:
+            batch = [ev for ev in batch if ev[2] < end_ns]
+            if batch:
+                yield batch
+            return
+        if batch:
+            yield batch
+
+
+class _SimClock(FakeClock):
+    """Data time for the simulator in a backtest: advances one frame's worth of market time per frame."""
+
+    def __init__(self, epoch: int, speed: float, step_ns: int) -> None:
+        super().__init__(epoch)
+        self.spec = ClockSpec(epoch, 0, speed)
+        self.step_ns = step_ns
+
+    def now_ns(self) -> int:
+        now = self.now
+        self.now += self.step_ns
+        return now
+
+
+def _open_feed(plan: TradePlan, data: Path | None, start: Any, end: Any) -> tuple[Feed, Any, int | None]:
+    """The feed, the clock to pace it with, and where to stop (simulator: the session's market time)."""
+    cfg = replay_config(plan, data, start, end)
+    if cfg["kind"] == "sim":
+        cfg["rate"] = None  # unpaced: data time comes from the stepped clock below
+    try:
+        feed = make_feed(cfg)
+    except (ValueError, KeyError) as e:
+        raise ConfigError(f"backtest data {cfg.get('path')}: {e}") from None
+    if cfg["kind"] == "replay":
+        return feed, FakeClock(feed.first_ts() or 0), None
+    speed = 1.0 if plan.session.speed == "max" else float(plan.session.speed)
+    epoch = sim_epoch(plan)
+    step = int(plan.source.batch / plan.source.rate * speed * NS)
+    return feed, _SimClock(epoch, speed, step), epoch + int(plan.session.duration * speed * NS)
+
+
+async def _iter_sync(batches: Iterable[Sequence[tuple]]) -> AsyncIterator[Sequence[tuple]]:
+    for batch in batches:
+        yield batch
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+async def backtest(
+    plan: TradePlan,
+    *,
+    start: Any = None,
+    end: Any = None,
+    data: Path | None = None,
+    from_db: bool = False,
+    events: Iterable[Sequence[tuple]] | None = None,
+    dsn: str | None = None,
+    progress: Console | None = None,
+    batch_id: str | None = None,
+) -> BacktestResult:
+    """Run the plan over the data; see `run_backtest`."""
+    batch_id = batch_id or str(uuid.uuid4())
+    universe: dict[str, dict] | None = None
+    total: int | None = None
+    if events is not None:
+        source: AsyncIterator[Sequence[tuple]] = _iter_sync(events)
+        total = len(events) if isinstance(events, Sequence) else None
+    elif from_db:
+        if dsn is None:
+            raise ConfigError("backtest --from-db needs a database (the plan's [database])")
+        from liu.store.bars import bar_batches, bars_universe
+
+        symbols = plan.source.symbols if isinstance(plan.source.symbols, list) else None
+        universe = await bars_universe(dsn, symbols, start, end)
+        if not universe:
+            raise ConfigError("backtest --from-db: no bars in stock_ohlc for the plan's symbols and dates")
+        source = bar_batches(dsn, list(universe), start, end)
+    else:
+        feed, clock, end_ns = _open_feed(plan, data, start, end)
+        universe = feed.universe()
+        total = len(feed) if hasattr(feed, "__len__") else None
+        source = _feed_batches(feed, clock, end_ns)
+
+    writer = None
+    run_ids: dict[str, int] = {}
+    if dsn is not None:
+        from liu.store import TradeWriter, create_runs, record_account
+
+        entries = [(s.label, 0, dict(s.config)) for s in plan.strategies]
+        ids = await create_runs(dsn, batch_id, "BACKTEST", entries)
+        run_ids = {name: i for (name, _), i in ids.items()}
+        await record_account(dsn, batch_id, plan.broker.cash, {"backtest": True})
+        writer = await TradeWriter.open(dsn, batch_id, run_ids)
+
+    account = Account(plan.broker.cash)
+    sink = _RecordingSink(writer)
+    keystores: dict[str, Keystore] = {}
+    not_shortable = tuple(s for s, v in (universe or {}).items() if not v.get("shortable", True))
+    runner = build_runner(
+        plan, account, keystores, order_prefix=f"{batch_id[:8]}-bt-", sink=sink, not_shortable=not_shortable
+    )
+    scanners = ScannerRunner(load_scanners(plan), symbol_infos(universe or {}))
+    reason = "backtest complete"
+    try:
+        ts, eq = await _drive(runner, account, source, scanners, universe, total, progress)
+    except BaseException as e:
+        reason = f"error: {type(e).__name__}: {e}"
+        raise
+    finally:
+        await runner.stop()
+        if dsn is not None:
+            from liu.store import close_runs
+
+            if writer is not None:
+                await writer.close()
+            await close_runs(dsn, batch_id, reason)
+    result = BacktestResult(
+        batch_id=batch_id,
+        start_cash=plan.broker.cash,
+        fills=runner.fill_log,
+        orders=sink.orders,
+        equity_ts=ts,
+        equity=eq,
+        last_price=dict(runner.last_price),
+        counts=dict(runner.counts),
+        strategies=runner.report(),
+        run_ids=run_ids,
+    )
+    if dsn is not None:
+        from liu.analysis.batch import analyse_batch
+
+        result.report = await analyse_batch(
+            dsn, batch_id, start_cash=result.start_cash, equity=(result.equity_ts, result.equity)
+        )
+    return result
+
+
+async def _drive(
+    runner: StrategyRunner,
+    account: Account,
+    source: AsyncIterator[Sequence[tuple]],
+    scanners: ScannerRunner,
+    universe: dict[str, dict] | None,
+    total: int | None,
+    console: Console | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Feed the runner one data minute at a time; sample equity at the end of each minute."""
+    await runner.start()
+    if not scanners.scanners and universe is not None:
+        runner.assign(universe)  # no scanner: every strategy trades the whole universe (as in the daemon)
+    assigned: set[str] = set(universe or ())
+    eq_ts: list[int] = []
+    eq: list[float] = []
+    positions = runner.broker.all_positions()
+    last = runner.last_price
+    next_scan = min((s.next_run for s in scanners.scanners), default=None)
+    bar = None
+    if console is not None:
+        bar = Progress(
+            TextColumn("backtest"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("events · {task.fields[fills]} fills"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        task = bar.add_task("backtest", total=total, fills=0)
+        bar.start()
+    process = runner.process
+    minute = None
+    group: list[tuple] = []
+    done = 0
+    try:
+        async for batch in source:
+            for ev in batch:
+                m = ev[2] // MINUTE
+                if m != minute:
+                    if group:
+                        await process(group)
+                        eq_ts.append((minute + 1) * MINUTE)
+                        eq.append(
+                            account.cash + sum(p.qty * last.get(s[1], 0.0) for s, p in positions.items())
+                        )
+                        group = []
+                    minute = m
+                    if next_scan is not None and ev[2] >= next_scan:
+                        next_scan = await _scan(scanners, runner, ev[2])
+                if universe is None and scanners.scanners == [] and ev[1] not in assigned:
+                    assigned.add(ev[1])
+                    runner.assign((ev[1],))
+                group.append(ev)
+            done += len(batch)
+            if bar is not None:
+                bar.update(task, completed=done, fills=runner.counts["fills"])
+        if group:
+            await process(group)
+            eq_ts.append((minute + 1) * MINUTE)
+            eq.append(account.cash + sum(p.qty * last.get(s[1], 0.0) for s, p in positions.items()))
+    finally:
+        if bar is not None:
+            bar.stop()
+    return np.asarray(eq_ts, dtype=np.int64), np.asarray(eq, dtype=np.float64)
+
+
+async def _scan(scanners: ScannerRunner, runner: StrategyRunner, now: int) -> int | None:
+    """Run the scanners that are due and route what they picked; return when the next one is due."""
+    for sched, symbols in await scanners.run_due(now):
+        known = [s for s in symbols if s in scanners.universe]
+        if known:
+            runner.assign(known, sched.targets)
+    pending = [s.next_run for s in scanners.scanners if not s.done]
+    return min(pending) if pending else None
+
+
+def run_backtest(
+    plan: TradePlan,
+    *,
+    start: Any = None,
+    end: Any = None,
+    data: Path | None = None,
+    from_db: bool = False,
+    events: Iterable[Sequence[tuple]] | None = None,
+    dsn: str | None = None,
+    progress: Console | None = None,
+    batch_id: str | None = None,
+) -> BacktestResult:
+    """Backtest `plan` and return what happened.
+
+    Data: `events` (batches of wire tuples, in time order), else bars stored in
+    PostgreSQL (`from_db`), else the file `data`, else the plan's own source
+    (replay file, or the simulator for the session's market time). `start` and
+    `end` bound a replay (New York dates, `end` inclusive). With `dsn`, the
+    batch is stored (algo_run rows with env BACKTEST, orders, fills) and
+    analysed (gain_loss, trade_analysis; `result.report`).
+    """
+    return asyncio.run(
+        backtest(
+            plan,
+            start=start,
+            end=end,
+            data=data,
+            from_db=from_db,
+            events=events,
+            dsn=dsn,
+            progress=progress,
+            batch_id=batch_id,
+        )
+    )
+
+
+def backtest_command(args: Any, console: Console) -> int:
+    """`trader backtest`: run on the plan's database, store the batch, print and write the report."""
+    from liu.plan import load_plan
+    from liu.store import prepare_database
+
+    plan = load_plan(args.plan)
+    dsn, embedded = asyncio.run(
+        prepare_database(plan.database.resolve_dsn(), plan.path(plan.database.data_dir))
+    )
+    try:
+        result = run_backtest(
+            plan,
+            start=args.start,
+            end=args.end,
+            data=args.data,
+            from_db=args.from_db,
+            dsn=dsn,
+            progress=console,
+        )
+    finally:
+        if embedded is not None:
+            embedded.stop()
+    report = result.report
+    report.print(console)
+    out: Path = args.out / result.batch_id
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_html(out / "report.html")
+    report.write_png(out / "equity.png")
+    if args.json is not None:
+        report.write_json(args.json)
+    c = result.counts
+    console.print(
+        f"backtest batch [cyan]{result.batch_id}[/]: {c['processed']} events, {c['orders']} orders "
+        f"({c['rejected']} rejected), {c['fills']} fills; report in {out}/"
+    )
+    return 0

@@ -1,0 +1,308 @@
+"""The backtester: parity with the daemon, an independent NumPy reference, no look-ahead, the fill model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import tomllib
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+import pytest
+
+from liu.analysis.trades import round_trips
+from liu.backtest import run_backtest
+from liu.events import BAR, QUOTE
+from liu.plan import TradePlan, parse_plan
+from liu.testing import make_bars, sample_data
+from tests.test_daemon import run_trader
+
+REPO = Path(__file__).resolve().parent.parent
+DAY = 86_400 * 10**9
+
+
+def sma_plan(extra: str = "", config: str = "", broker: str = "", source: str = "") -> str:
+    return f"""
+[session]
+duration = "10m"
+speed = "max"
+[source]
+{source}
+bars = "stream"
+[broker]
+cash = 100000
+{broker}
+{extra}
+[[strategies]]
+name = "sma_cross"
+file = "{REPO}/strategies/sma_cross.py"
+class = "SmaCross"
+[strategies.config]
+{config}
+"""
+
+
+def plan_of(text: str, base: Path) -> TradePlan:
+    return parse_plan(tomllib.loads(text), "tradeplan.toml", base)
+
+
+def fill_key(f) -> tuple:
+    get = f.get if isinstance(f, dict) else lambda k: getattr(f, k)
+    return (get("ts"), get("symbol"), get("side"), get("qty"), get("price"), get("fee"))
+
+
+@pytest.mark.slow
+def test_daemon_replay_and_backtest_give_identical_fills(tmp_path, pg_dsn):
+    """The same recorded minute bars and quotes through `trader` (replay) and the backtester.
+
+    One consumer: with several, cash is one account shared across processes and
+    SmaCross sizes each entry from it, so which consumer's order reserves cash
+    first depends on process scheduling (see the backtest module's docs).
+    """
+    path = sample_data("us_equity_minute_lean.csv.gz")
+    text = sma_plan(
+        extra=f'[database]\ndsn = "{pg_dsn}"\n[consumers]\ncount = 1',
+        config="fast_period = 5\nslow_period = 20\nallocation = 0.4\nallow_short = true",
+        broker="fee_per_share = 0.005\nslippage_bps = 2\nfee_bps = 1",
+        source=f'kind = "replay"\npath = "{path}"',
+    )
+    proc, summary = run_trader(tmp_path, text)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert summary["end_reason"] == "source ended"
+    live = [fill_key(f) for f in summary["consumers"][0]["fills"]]
+
+    result = run_backtest(plan_of(text, tmp_path))
+    back = [fill_key(f) for f in result.fills]
+    assert len(live) > 100, "the strategy should trade a lot on this data"
+    assert back == live  # same fills, same order: symbol, side, quantity, price, fee, timestamp
+    c = summary["consumers"][0]
+    assert (result.counts["orders"], result.counts["rejected"]) == (c["orders"], c["rejected"])
+    assert result.counts["processed"] == c["processed"] == summary["source_events"]
+
+
+def _sma(x: np.ndarray, n: int) -> np.ndarray:
+    out = np.full(len(x), np.nan)
+    c = np.cumsum(np.insert(x, 0, 0.0))
+    out[n - 1 :] = (c[n:] - c[:-n]) / n
+    return out
+
+
+def _reference(bars: list[tuple], fast: int, slow: int, cash: float) -> tuple[list[tuple], float]:
+    """SMA cross, long only, all-in at the next bar's open: vectorised signals, then a tiny loop for cash."""
+    o = np.array([b[3] for b in bars])
+    c = np.array([b[6] for b in bars])
+    ts = np.array([b[2] for b in bars])
+    diff = _sma(c, fast) - _sma(c, slow)
+    prev = np.roll(diff, 1)
+    valid = ~np.isnan(diff) & ~np.isnan(prev)
+    valid[:slow] = False  # the first bar with both SMAs has no previous difference
+    up = valid & (prev <= 0) & (diff > 0)
+    down = valid & (prev >= 0) & (diff < 0)
+    signal_bars = np.flatnonzero(up | down)
+    signal_bars = signal_bars[signal_bars < len(bars) - 1]  # a signal on the last bar never fills
+    trades, held = [], 0
+    for i in signal_bars:
+        if up[i] and held == 0:
+            qty = math.floor(cash / c[i])
+            if qty > 0:
+                cash -= qty * o[i + 1]
+                held = qty
+                trades.append((int(ts[i + 1]), "buy", qty, o[i + 1]))
+        elif down[i] and held > 0:
+            cash += held * o[i + 1]
+            trades.append((int(ts[i + 1]), "sell", held, o[i + 1]))
+            held = 0
+    return trades, cash + held * c[-1]
+
+
+def test_sma_cross_matches_a_vectorised_numpy_reference(tmp_path):
+    bars = make_bars("SIM", 20_000, seed=11)
+    text = sma_plan(config="fast_period = 10\nslow_period = 30\nallocation = 1.0")
+    result = run_backtest(plan_of(text, tmp_path), events=[bars])
+    got = [(f.ts, f.side, f.qty, f.price) for f in result.fills]
+    expected, final = _reference(bars, 10, 30, 100_000.0)
+    assert len(expected) > 200
+    assert got == expected
+    assert result.final_equity == pytest.approx(final, abs=1e-6)
+
+
+def test_decisions_before_t_do_not_depend_on_data_after_t(tmp_path):
+    bars = make_bars("A", 3000, seed=3) + make_bars("B", 3000, seed=4, price=50.0)
+    bars.sort(key=lambda b: (b[2], b[1]))
+    cut = bars[len(bars) // 2][2]
+    rng = np.random.default_rng(0)
+    changed = [
+        b if b[2] < cut else (*b[:3], *(np.array(b[3:7]) * rng.uniform(0.5, 1.5)).tolist(), *b[7:])
+        for b in bars
+    ]
+    text = sma_plan(config="fast_period = 5\nslow_period = 20\nallocation = 0.3\nallow_short = true")
+    plan = plan_of(text, tmp_path)
+    a = run_backtest(plan, events=[bars])
+    b = run_backtest(plan, events=[changed])
+
+    def before(result):
+        fills = [fill_key(f) for f in result.fills if f.ts < cut]
+        orders = [
+            (o.submitted_ts, o.symbol, o.side, o.qty, o.status) for o in result.orders if o.submitted_ts < cut
+        ]
+        return fills, orders
+
+    assert before(a)[0] and before(a) == before(b)
+    assert a.equity[a.equity_ts <= cut].tolist() == b.equity[b.equity_ts <= cut].tolist()
+    assert [fill_key(f) for f in a.fills] != [fill_key(f) for f in b.fills]  # the change did matter after T
+
+
+SCRIPT = '''
+from liu.strategy import Strategy, StrategyConfig
+
+
+class ScriptConfig(StrategyConfig):
+    orders: list[list] = []  # [bar index, side, qty, limit price (0 = market order)]
+
+
+class Script(Strategy):
+    """Places the given orders at the close of the given bars; records its fills."""
+
+    Config = ScriptConfig
+
+    def __init__(self, name, config):
+        super().__init__(name, config)
+        self.n = 0
+
+    def on_bar(self, bar, ctx):
+        out = []
+        for i, side, qty, limit in self.config.orders:
+            if i == self.n:
+                make = ctx.buy if side == "buy" else ctx.sell
+                out.append(make(bar.symbol, qty, limit=limit or None))
+        self.n += 1
+        return out
+'''
+
+
+def scripted(tmp_path: Path, orders: list, broker: str = "", cash: float = 10_000.0):
+    (tmp_path / "script.py").write_text(SCRIPT)
+    text = f"""
+[source]
+bars = "stream"
+[broker]
+cash = {cash}
+{broker}
+[[strategies]]
+name = "script"
+file = "script.py"
+class = "Script"
+[strategies.config]
+orders = {json.dumps(orders)}
+"""
+    return plan_of(text, tmp_path)
+
+
+def bar(i: int, o: float, h: float, lo: float, c: float, sym: str = "X") -> tuple:
+    return (BAR, sym, 1_700_000_000 * 10**9 + i * 60 * 10**9, o, h, lo, c, 1000.0, 0)
+
+
+def test_market_order_fills_at_the_gapped_next_open_with_slippage_and_fees(tmp_path):
+    plan = scripted(
+        tmp_path,
+        [[0, "buy", 10, 0], [2, "sell", 10, 0]],
+        "fee_per_share = 0.01\nfee_bps = 10\nslippage_bps = 50",
+    )
+    bars = [
+        bar(0, 100, 101, 99, 100),
+        bar(1, 110, 112, 109, 111),
+        bar(2, 111, 111, 100, 101),
+        bar(3, 90, 91, 89, 90),
+    ]
+    r = run_backtest(plan, events=[bars])
+    buy_px, sell_px = 110 * 1.005, 90 * 0.995  # next opens (a gap each way), moved 50 bps against us
+    fee_buy = 0.01 * 10 + buy_px * 10 * 10 / 1e4
+    fee_sell = 0.01 * 10 + sell_px * 10 * 10 / 1e4
+    assert [(f.side, f.price, f.ts) for f in r.fills] == [
+        ("buy", buy_px, bars[1][2]),
+        ("sell", sell_px, bars[3][2]),
+    ]
+    assert [f.fee for f in r.fills] == pytest.approx([fee_buy, fee_sell])
+    assert r.final_equity == pytest.approx(10_000 - 10 * buy_px - fee_buy + 10 * sell_px - fee_sell)
+
+
+def test_limit_orders_fill_at_the_limit_or_at_a_better_gapped_open(tmp_path):
+    plan = scripted(tmp_path, [[0, "buy", 5, 98.0], [0, "buy", 5, 95.0], [2, "sell", 5, 104.0]])
+    bars = [
+        bar(0, 100, 101, 99, 100),
+        bar(1, 100, 100, 97, 99),  # low reaches 98: the 98 limit fills at 98; 95 waits
+        bar(2, 94, 96, 93, 95),  # opens through 95: fills at the open, 94
+        bar(3, 106, 107, 105, 106),  # opens above the 104 sell limit: fills at 106
+    ]
+    r = run_backtest(plan, events=[bars])
+    assert [(f.side, f.qty, f.price, f.ts) for f in r.fills] == [
+        ("buy", 5, 98.0, bars[1][2]),
+        ("buy", 5, 94.0, bars[2][2]),
+        ("sell", 5, 106.0, bars[3][2]),
+    ]
+
+
+def test_orders_beyond_available_cash_are_rejected_and_the_rest_fill(tmp_path):
+    # 60 + 50 shares at ~100 against 10,000 cash: the second order finds only ~4,000 available.
+    plan = scripted(
+        tmp_path,
+        [[0, "buy", 60, 0], [0, "buy", 50, 0], [1, "buy", 39, 0]],
+    )
+    bars = [bar(0, 100, 100, 100, 100), bar(1, 100, 100, 100, 100), bar(2, 100, 100, 100, 100)]
+    r = run_backtest(plan, events=[bars])
+    assert [(o.qty, o.status) for o in r.orders] == [(60, "filled"), (50, "rejected"), (39, "filled")]
+    assert "insufficient cash" in r.orders[1].reason
+    assert sum(f.qty for f in r.fills) == 99
+    assert r.final_equity == pytest.approx(10_000)
+
+
+def test_short_sale_profits_when_the_price_falls_and_needs_a_shortable_symbol(tmp_path):
+    plan = scripted(tmp_path, [[0, "sell", 10, 0], [1, "buy", 10, 0]])
+    bars = [bar(0, 100, 100, 100, 100), bar(1, 100, 100, 80, 80), bar(2, 80, 80, 80, 80)]
+    r = run_backtest(plan, events=[bars])
+    assert [(f.side, f.price) for f in r.fills] == [("sell", 100), ("buy", 80)]
+    assert r.final_equity == pytest.approx(10_200)
+    assert r.equity[1] == pytest.approx(10_000 + 10 * 20)  # marked to market while short
+
+    blocked = scripted(tmp_path, [[0, "sell", 10, 0]], 'not_shortable = ["X"]')
+    r = run_backtest(blocked, events=[bars])
+    assert r.fills == [] and r.orders[0].reason == "X is not shortable"
+
+
+def test_quotes_fill_market_orders_at_the_ask_and_bid(tmp_path):
+    plan = scripted(tmp_path, [[0, "buy", 1, 0]])
+    t1 = bar(1, 0, 0, 0, 0)[2]
+    events = [
+        bar(0, 100, 100, 100, 100),
+        (QUOTE, "X", t1, 100.5, 3.0, 101.0, 2.0, 0),
+        bar(1, 102, 102, 102, 102),
+    ]
+    r = run_backtest(plan, events=[events])
+    assert [(f.price, f.ts) for f in r.fills] == [(101.0, t1)]
+
+
+async def _rows(dsn: str, batch_id: str) -> dict:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return {
+            t: await conn.fetch(f"select * from {t} where batch_id = $1", batch_id)
+            for t in ("algo_run", "orders", "trades", "trade_analysis")
+        }
+    finally:
+        await conn.close()
+
+
+def test_backtest_batch_is_stored_with_env_backtest_and_analysed(tmp_path, pg_dsn):
+    bars = make_bars("A", 2000, seed=5)
+    plan = plan_of(sma_plan(config="fast_period = 5\nslow_period = 20\nallocation = 0.5"), tmp_path)
+    r = run_backtest(plan, events=[bars], dsn=pg_dsn)
+    rows = asyncio.run(_rows(pg_dsn, r.batch_id))
+    [run] = rows["algo_run"]
+    assert (run["env"], run["end_reason"]) == ("BACKTEST", "backtest complete") and run["end_time"]
+    assert len(rows["orders"]) == len(r.orders) and len(rows["trades"]) == len(r.fills) > 10
+    assert sorted((t["symbol"], t["side"], t["qty"], t["price"]) for t in rows["trades"]) == sorted(
+        (f.symbol, f.side, f.qty, f.price) for f in r.fills
+    )
+    assert len(rows["trade_analysis"]) == len(round_trips(r.fills)) > 5
