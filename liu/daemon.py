@@ -28,6 +28,8 @@ from zoneinfo import ZoneInfo
 from rich.console import Console
 from rich.live import Live
 
+from liu.analysis.batch import analyse_batch
+from liu.analysis.report import Report
 from liu.brokers.account import Account
 from liu.clock import NS, Clock, ClockSpec
 from liu.consumer import ConsumerSetup, consumer_main
@@ -86,6 +88,7 @@ class Daemon:
         self.results: list[Any] = []
         self.session: Session | None = None
         self.sent_by_server: int | None = None
+        self.report: Report | None = None  # the batch's performance report, once the session is over
         self.stats: SharedStats | None = None
         self.not_shortable: tuple[str, ...] = ()
         self._pending_subs = 0  # Subscribe messages the producer has not acknowledged yet
@@ -374,6 +377,12 @@ class Daemon:
                         self.dsn, session.batch_id, f"consumer {i} died (exit code {p.exitcode})", consumer=i
                     )
             await close_runs(self.dsn, session.batch_id, session.reason)
+            try:  # the same analysis as a backtest batch: gain_loss, trade_analysis, the report
+                self.report = await analyse_batch(
+                    self.dsn, session.batch_id, start_cash=self.plan.broker.cash
+                )
+            except Exception:
+                log.exception("end-of-session analysis of batch %s failed", session.batch_id)
 
     async def _stop_servers(self) -> None:
         if self.server_proc is not None and self.server_proc.is_alive():
@@ -394,6 +403,8 @@ class Daemon:
         reports = [session.reports[i] for i in sorted(session.reports)]
         for table in summary_tables(reports, session):
             self.console.print(table)
+        if self.report is not None and self.report.trips:
+            self.report.print(self.console)
         self.console.print(f"session ended: {session.reason}; batch_id [cyan]{session.batch_id}[/]")
         if self.summary_json:
             data = {
@@ -409,6 +420,7 @@ class Daemon:
                 "server_sent_events": self.sent_by_server,
                 "source_events": session.source_events,
                 "database": redact_dsn(self.dsn) if self.dsn else None,
+                "report": self.report.to_json() if self.report is not None else None,
             }
             self.summary_json.write_text(json.dumps(data, indent=1, default=str))
 

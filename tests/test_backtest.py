@@ -73,13 +73,27 @@ def test_daemon_replay_and_backtest_give_identical_fills(tmp_path, pg_dsn):
     assert summary["end_reason"] == "source ended"
     live = [fill_key(f) for f in summary["consumers"][0]["fills"]]
 
-    result = run_backtest(plan_of(text, tmp_path))
+    result = run_backtest(plan_of(text, tmp_path), dsn=pg_dsn)
     back = [fill_key(f) for f in result.fills]
     assert len(live) > 100, "the strategy should trade a lot on this data"
     assert back == live  # same fills, same order: symbol, side, quantity, price, fee, timestamp
     c = summary["consumers"][0]
     assert (result.counts["orders"], result.counts["rejected"]) == (c["orders"], c["rejected"])
     assert result.counts["processed"] == c["processed"] == summary["source_events"]
+
+    # Both batches were analysed by the same code: the same round trips, stored in trade_analysis.
+    live_report, back_report = summary["report"], result.report.to_json()
+
+    def trips(report: dict) -> list[dict]:  # order ids differ: they are prefixed with the batch id
+        return [{k: v for k, v in t.items() if not k.endswith("order_id")} for t in report["round_trips"]]
+
+    assert trips(live_report) == trips(back_report)
+    trade_keys = ("round_trips", "win_rate", "profit_factor", "expectancy", "mean_r", "fees")
+    assert {k: live_report["metrics"][k] for k in trade_keys} == {
+        k: back_report["metrics"][k] for k in trade_keys
+    }
+    stored = [asyncio.run(_rows(pg_dsn, b))["trade_analysis"] for b in (summary["batch_id"], result.batch_id)]
+    assert len(stored[0]) == len(stored[1]) == len(live_report["round_trips"]) > 50
 
 
 def _sma(x: np.ndarray, n: int) -> np.ndarray:
