@@ -115,6 +115,8 @@ class FeaturePipeline:
                     values[f.name] = _ta_batch(f, ins, n)
                 else:
                     values[f.name] = np.asarray(DERIVED[f.kind][0](*ins, f.n), dtype=np.float64)
+                # Warm-up is NaN in both paths (TA-Lib's integer functions, e.g. candlesticks, give 0 there).
+                values[f.name][: self.first_valid[f.name]] = NAN
         return values
 
     def batch(self, bars: dict[str, np.ndarray]) -> np.ndarray:

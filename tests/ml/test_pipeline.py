@@ -1,0 +1,126 @@
+"""FeaturePipeline: streaming rows equal batch rows exactly, warm-up is exact, and features never see the future."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from liu.ml.pipeline import FeaturePipeline
+from liu.ml.spec import parse_spec
+from liu.testing import make_bars, sample_data
+
+COLS = ("open", "high", "low", "close", "volume")
+
+# Every feature kind: single-output TA-Lib, multi-output (MACD, BBANDS), multi-input (ATR, STOCH),
+# integer candlestick, volume input, TA-Lib on a feature, and each derived kind (also chained).
+ALL_KINDS = [
+    {"name": "sma_10", "function": "SMA", "params": {"timeperiod": 10}},
+    {"name": "ema_20", "function": "EMA", "params": {"timeperiod": 20}},
+    {"name": "rsi_14", "function": "RSI"},
+    {"name": "macd_hist", "function": "MACD", "output": "macdhist"},
+    {"name": "macd_signal", "function": "MACD", "output": "macdsignal", "params": {"fastperiod": 5}},
+    {"name": "bb_upper", "function": "BBANDS", "output": "upperband", "params": {"nbdevup": 1.5}},
+    {"name": "atr_14", "function": "ATR"},
+    {"name": "stoch_k", "function": "STOCH", "output": "slowk"},
+    {"name": "doji", "function": "CDLDOJI"},
+    {"name": "obv", "function": "OBV"},
+    {"name": "rsi_ema", "function": "EMA", "inputs": ["rsi_14"], "params": {"timeperiod": 5}},
+    {"name": "close_vs_sma", "kind": "ratio", "of": ["close", "sma_10"]},
+    {"name": "ema_minus_bb", "kind": "diff", "of": ["ema_20", "bb_upper"]},
+    {"name": "ret_5", "kind": "pct_change", "of": ["close"], "n": 5},
+    {"name": "rsi_change_3", "kind": "change", "of": ["rsi_14"], "n": 3},
+    {"name": "vol_change", "kind": "change", "of": ["volume"], "n": 2},
+    {"name": "gap_lag_2", "kind": "lag", "of": ["close_vs_sma"], "n": 2},
+    {"name": "gap_lag_chg", "kind": "pct_change", "of": ["gap_lag_2"], "n": 1},
+]
+
+
+def _spec(features: list[dict]):
+    return parse_spec(
+        {
+            "name": "p",
+            "features": features,
+            "label": {"horizon": 2},
+            "estimator": {"class": "sklearn.linear_model.LogisticRegression"},
+            "data": {"symbols": ["X"], "source": "x.csv"},
+            "validation": {"purge": 2, "embargo": 2},
+        }
+    )
+
+
+def _stream_rows(pipe: FeaturePipeline, bars: dict[str, np.ndarray]) -> tuple[np.ndarray, list[int]]:
+    st = pipe.stream()
+    rows = np.full((len(bars["close"]), pipe.width), np.nan)
+    nones = []
+    for i in range(len(bars["close"])):
+        row = st.update(*(bars[c][i] for c in COLS))
+        if row is None:
+            nones.append(i)
+        else:
+            assert row.dtype == np.float64 and row.shape == (pipe.width,)
+            rows[i] = row
+    return rows, nones
+
+
+def _real_bars(symbol: str) -> dict[str, np.ndarray]:
+    df = pd.read_csv(sample_data("us_equity_minute_lean.csv.gz"), usecols=["symbol", *COLS])
+    df = df[(df["symbol"] == symbol) & df["close"].notna()]
+    return {c: df[c].to_numpy(dtype=np.float64) for c in COLS}
+
+
+@pytest.mark.parametrize("symbol", ["SPY", "AAPL"])  # AAPL: its 7:1 split is inside the file (a price jump)
+def test_stream_equals_batch_on_real_bars(symbol: str) -> None:
+    bars = _real_bars(symbol)
+    assert len(bars["close"]) > 1000
+    pipe = FeaturePipeline(_spec(ALL_KINDS))
+    batch = pipe.batch(bars)
+    stream, nones = _stream_rows(pipe, bars)
+    assert nones == list(range(pipe.lookback))
+    # Bit-identical, NaN positions included, for every feature after warm-up ...
+    assert np.array_equal(batch[pipe.lookback :], stream[pipe.lookback :], equal_nan=True)
+    # ... and each single feature is defined from its own first-valid row on, in both paths.
+    for j, name in enumerate(pipe.names):
+        first = pipe.first_valid[name]
+        assert np.isnan(batch[:first, j]).all(), name
+        assert not np.isnan(batch[first:, j]).any(), name
+
+
+def test_stream_equals_batch_on_synthetic_bars_per_feature() -> None:
+    raw = make_bars("S", 600, seed=11)
+    bars = {c: np.array([b[3 + k] for b in raw]) for k, c in enumerate(COLS)}
+    for feature in ALL_KINDS[:11]:  # each TA-Lib feature alone: its own lookback, its own stream
+        pipe = FeaturePipeline(_spec([feature] if "inputs" not in feature else ALL_KINDS[2:3] + [feature]))
+        batch = pipe.batch(bars)
+        stream, nones = _stream_rows(pipe, bars)
+        assert len(nones) == pipe.lookback
+        assert np.array_equal(batch[pipe.lookback :], stream[pipe.lookback :], equal_nan=True), feature
+        assert not np.isnan(batch[pipe.lookback]).any()
+        if pipe.lookback:
+            assert np.isnan(batch[pipe.lookback - 1]).any()
+
+
+def test_features_do_not_see_the_future() -> None:
+    bars = _real_bars("IBM")
+    pipe = FeaturePipeline(_spec(ALL_KINDS))
+    before = pipe.batch(bars)
+    rng = np.random.default_rng(5)
+    for t in (pipe.lookback + 1, 500, len(bars["close"]) - 50):
+        future = {c: v.copy() for c, v in bars.items()}
+        for c in COLS:
+            future[c][t + 1 :] *= 1 + rng.normal(0, 0.05, len(future[c]) - t - 1)
+        after = pipe.batch(future)
+        assert np.array_equal(before[: t + 1], after[: t + 1], equal_nan=True)
+        assert not np.array_equal(before[t + 1 :], after[t + 1 :], equal_nan=True)  # the perturbation bites
+
+
+def test_streams_are_independent_per_symbol() -> None:
+    pipe = FeaturePipeline(_spec(ALL_KINDS[:3]))
+    a = make_bars("A", 200, seed=1)
+    b = make_bars("B", 200, seed=2)
+    sa, sb, solo = pipe.stream(), pipe.stream(), pipe.stream()
+    for x, y in zip(a, b, strict=True):
+        ra = sa.update(*x[3:8])
+        sb.update(*y[3:8])
+        rs = solo.update(*x[3:8])
+        assert (ra is None and rs is None) or np.array_equal(ra, rs)
