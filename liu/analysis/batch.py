@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 import numpy as np
 
-from liu.analysis.report import Report, build_report
+from liu.analysis.report import Report, build_report, equity_from_fills
 from liu.analysis.trades import RoundTrip
 from liu.errors import LiuError
 from liu.events import Fill
@@ -24,6 +24,7 @@ from liu.store.writer import ns_to_datetime
 log = logging.getLogger(__name__)
 
 DEFAULT_START_CASH = 100_000.0
+_DAY_NS = 86_400 * 10**9
 
 # ns since the epoch, exact: EXTRACT returns numeric on PostgreSQL >= 14.
 _NS = "(EXTRACT(EPOCH FROM {col}) * 1000000)::bigint * 1000"
@@ -254,19 +255,21 @@ async def save_analysis(dsn: str, batch_id: str, trips: Sequence[RoundTrip]) -> 
     return len(kept)
 
 
-async def analyse_batch(
+async def batch_report(
     dsn: str,
     batch_id: str,
     *,
     start_cash: float | None = None,
     equity: tuple[np.ndarray, np.ndarray] | None = None,
+    mark_to_bars: bool = False,
     title: str | None = None,
 ) -> Report:
-    """Load the batch's fills, build the report, store gain_loss/trade_analysis, return the report.
+    """The batch's report, read-only (the notebooks use this; `analyse_batch` also saves).
 
-    `equity` = (ts ns, equity) when the caller has a marked curve (the backtester);
-    without it the curve is rebuilt from the fills. `start_cash` defaults to the batch's
-    accounts row, else 100,000 (said in the report's notes).
+    `equity` = (ts ns, equity) when the caller has a marked curve (the backtester). Without
+    it the curve is rebuilt from the fills: marked at `stock_ohlc` bar closes of the traded
+    symbols when `mark_to_bars` and such bars exist, else fill-marked. `start_cash`
+    defaults to the batch's accounts row, else 100,000 (said in the report's notes).
     """
     fills = await load_fills(dsn, batch_id)
     notes: list[str] = []
@@ -283,10 +286,46 @@ async def analyse_batch(
         if not known:
             raise BatchNotFound(f"batch {batch_id!r}: no algo_run rows and no trades in the database")
         notes.append(f"batch {batch_id} has no fills")
+    source = "given"
+    if equity is None and mark_to_bars and fills:
+        symbols = sorted({f.symbol for f in fills})
+        bars = await load_bars(dsn, symbols, fills[0].ts - _DAY_NS, fills[-1].ts + _DAY_NS)
+        if bars:
+            first = min(f.ts for f in fills)
+            closes = {s: (t[t >= first], c[t >= first]) for s, (t, c) in bar_closes(bars).items()}
+            equity = equity_from_fills(fills, float(start_cash), closes)
+            source = "bar closes"
+            notes.append(
+                f"equity marked at stock_ohlc bar closes of {len(bars)} of {len(symbols)} traded symbols "
+                "(the others at their latest fill price)"
+            )
     eq_ts, eq = equity if equity is not None else (None, None)
-    report = build_report(
-        fills, eq_ts, eq, float(start_cash), title=title or f"batch {batch_id}", notes=notes
+    return build_report(
+        fills,
+        eq_ts,
+        eq,
+        float(start_cash),
+        title=title or f"batch {batch_id}",
+        notes=notes,
+        equity_source=source,
     )
+
+
+async def analyse_batch(
+    dsn: str,
+    batch_id: str,
+    *,
+    start_cash: float | None = None,
+    equity: tuple[np.ndarray, np.ndarray] | None = None,
+    title: str | None = None,
+) -> Report:
+    """Load the batch's fills, build the report, store gain_loss/trade_analysis, return the report.
+
+    `equity` = (ts ns, equity) when the caller has a marked curve (the backtester);
+    without it the curve is rebuilt from the fills (fill-marked). `start_cash` defaults to
+    the batch's accounts row, else 100,000 (said in the report's notes).
+    """
+    report = await batch_report(dsn, batch_id, start_cash=start_cash, equity=equity, title=title)
     await save_analysis(dsn, batch_id, report.trips)
     return report
 
@@ -299,6 +338,7 @@ __all__ = [
     "BatchNotFound",
     "analyse_batch",
     "bar_closes",
+    "batch_report",
     "latest_batch",
     "list_batches",
     "load_bars",

@@ -94,7 +94,8 @@ class Report:
     drawdown: np.ndarray
     trips: list[RoundTrip] = field(default_factory=list)
     open_positions: list[OpenPosition] = field(default_factory=list)
-    equity_source: str = "given"  # "given" (marked at every event) | "fills" (fill-marked)
+    fills: list[Fill] = field(default_factory=list)
+    equity_source: str = "given"  # "given" (the caller's curve) | "fills" (fill-marked) | "bar closes"
     notes: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------ machines
@@ -327,6 +328,7 @@ def build_report(
         drawdown=M.drawdown(equity, start_cash),
         trips=trips,
         open_positions=still_open,
+        fills=fills,
         equity_source=source,
         notes=notes,
     )
