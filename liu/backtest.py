@@ -31,7 +31,7 @@ from liu.brokers.account import Account
 from liu.clock import NS, ClockSpec, FakeClock
 from liu.consumer import build_runner
 from liu.errors import ConfigError
-from liu.events import MALFORMED, Fill, Order
+from liu.events import BAR, MALFORMED, Fill, Order
 from liu.plan import TradePlan
 from liu.producer import decode
 from liu.runner import Keystore, StrategyRunner
@@ -162,6 +162,23 @@ def _open_feed(plan: TradePlan, data: Path | None, start: Any, end: Any) -> tupl
     return feed, _SimClock(epoch, speed, step), epoch + int(plan.session.duration * speed * NS)
 
 
+def _universe_of(batches: Sequence[Sequence[tuple]]) -> dict[str, dict]:
+    """Each symbol's first price and mean volume (bars), as a feed's universe would give."""
+    first: dict[str, float] = {}
+    volume: dict[str, list[float]] = {}
+    for batch in batches:
+        for ev in batch:
+            if ev[0] == BAR:
+                first.setdefault(ev[1], ev[6])
+                volume.setdefault(ev[1], []).append(ev[7])
+            elif ev[0] != MALFORMED:
+                first.setdefault(ev[1], ev[3])
+    return {
+        s: {"price": p, "avg_volume": float(np.mean(volume[s])) if s in volume else 0.0, "shortable": True}
+        for s, p in first.items()
+    }
+
+
 async def _iter_sync(batches: Iterable[Sequence[tuple]]) -> AsyncIterator[Sequence[tuple]]:
     for batch in batches:
         yield batch
@@ -187,8 +204,10 @@ async def backtest(
     universe: dict[str, dict] | None = None
     total: int | None = None
     if events is not None:
+        if isinstance(events, Sequence):  # known up front: scanners get a universe, progress a total
+            universe = _universe_of(events)
+            total = sum(len(b) for b in events)
         source: AsyncIterator[Sequence[tuple]] = _iter_sync(events)
-        total = len(events) if isinstance(events, Sequence) else None
     elif from_db:
         if dsn is None:
             raise ConfigError("backtest --from-db needs a database (the plan's [database])")
@@ -226,7 +245,8 @@ async def backtest(
     scanners = ScannerRunner(load_scanners(plan), symbol_infos(universe or {}))
     reason = "backtest complete"
     try:
-        ts, eq = await _drive(runner, account, source, scanners, universe, total, progress)
+        store = (dsn, batch_id) if dsn is not None else None
+        ts, eq = await _drive(runner, account, source, scanners, universe, total, progress, store)
     except BaseException as e:
         reason = f"error: {type(e).__name__}: {e}"
         raise
@@ -267,6 +287,7 @@ async def _drive(
     universe: dict[str, dict] | None,
     total: int | None,
     console: Console | None,
+    store: tuple[str, str] | None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Feed the runner one data minute at a time; sample equity at the end of each minute."""
     await runner.start()
@@ -309,7 +330,7 @@ async def _drive(
                         group = []
                     minute = m
                     if next_scan is not None and ev[2] >= next_scan:
-                        next_scan = await _scan(scanners, runner, ev[2])
+                        next_scan = await _scan(scanners, runner, ev[2], store)
                 if universe is None and scanners.scanners == [] and ev[1] not in assigned:
                     assigned.add(ev[1])
                     runner.assign((ev[1],))
@@ -327,12 +348,18 @@ async def _drive(
     return np.asarray(eq_ts, dtype=np.int64), np.asarray(eq, dtype=np.float64)
 
 
-async def _scan(scanners: ScannerRunner, runner: StrategyRunner, now: int) -> int | None:
+async def _scan(
+    scanners: ScannerRunner, runner: StrategyRunner, now: int, store: tuple[str, str] | None
+) -> int | None:
     """Run the scanners that are due and route what they picked; return when the next one is due."""
     for sched, symbols in await scanners.run_due(now):
         known = [s for s in symbols if s in scanners.universe]
         if known:
             runner.assign(known, sched.targets)
+            if store is not None:
+                from liu.store import add_trending
+
+                await add_trending(store[0], store[1], sched.scanner.name, known)
     pending = [s.next_run for s in scanners.scanners if not s.done]
     return min(pending) if pending else None
 
@@ -379,6 +406,8 @@ def backtest_command(args: Any, console: Console) -> int:
     from liu.store import prepare_database
 
     plan = load_plan(args.plan)
+    if not args.from_db:
+        replay_config(plan, args.data, args.start, args.end)  # a missing data file: say so before starting anything
     dsn, embedded = asyncio.run(
         prepare_database(plan.database.resolve_dsn(), plan.path(plan.database.data_dir))
     )

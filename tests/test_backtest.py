@@ -48,6 +48,11 @@ def plan_of(text: str, base: Path) -> TradePlan:
     return parse_plan(tomllib.loads(text), "tradeplan.toml", base)
 
 
+def trips(report: dict) -> list[dict]:
+    """A JSON report's round trips without order ids (those are prefixed with the batch id)."""
+    return [{k: v for k, v in t.items() if not k.endswith("order_id")} for t in report["round_trips"]]
+
+
 def fill_key(f) -> tuple:
     get = f.get if isinstance(f, dict) else lambda k: getattr(f, k)
     return (get("ts"), get("symbol"), get("side"), get("qty"), get("price"), get("fee"))
@@ -83,9 +88,6 @@ def test_daemon_replay_and_backtest_give_identical_fills(tmp_path, pg_dsn):
 
     # Both batches were analysed by the same code: the same round trips, stored in trade_analysis.
     live_report, back_report = summary["report"], result.report.to_json()
-
-    def trips(report: dict) -> list[dict]:  # order ids differ: they are prefixed with the batch id
-        return [{k: v for k, v in t.items() if not k.endswith("order_id")} for t in report["round_trips"]]
 
     assert trips(live_report) == trips(back_report)
     trade_keys = ("round_trips", "win_rate", "profit_factor", "expectancy", "mean_r", "fees")
@@ -320,3 +322,113 @@ def test_backtest_batch_is_stored_with_env_backtest_and_analysed(tmp_path, pg_ds
         (f.symbol, f.side, f.qty, f.price) for f in r.fills
     )
     assert len(rows["trade_analysis"]) == len(round_trips(r.fills)) > 5
+
+
+SCANNER = '''
+from liu.scanner import Scanner, ScannerConfig
+
+
+class Hourly(Scanner):
+    """Picks A in even hours and B in odd hours (of data time)."""
+
+    Config = ScannerConfig
+
+    def scan(self, ctx):
+        return ["A"] if (ctx.now // 3_600_000_000_000) % 2 == 0 else ["B"]
+'''
+
+FIRST_BAR = '''
+from liu.strategy import Strategy, StrategyConfig
+
+
+class FirstBar(Strategy):
+    """Buys one share the first time it sees each symbol: the order time shows when it was routed."""
+
+    Config = StrategyConfig
+
+    def on_bar(self, bar, ctx):
+        if bar.symbol not in ctx.keystore:
+            ctx.keystore[bar.symbol] = bar.ts
+            return ctx.buy(bar.symbol, 1)
+'''
+
+
+def test_scanners_run_on_their_recurrence_in_data_time(tmp_path):
+    (tmp_path / "hourly.py").write_text(SCANNER)
+    (tmp_path / "first_bar.py").write_text(FIRST_BAR)
+    plan = plan_of(
+        """
+[source]
+bars = "stream"
+[[scanners]]
+name = "hourly"
+file = "hourly.py"
+class = "Hourly"
+recurrence = "60m"
+target_strategies = ["first"]
+[[strategies]]
+name = "first"
+file = "first_bar.py"
+class = "FirstBar"
+""",
+        tmp_path,
+    )
+    start = 1_700_000_000 * 10**9 // (3600 * 10**9) * 3600 * 10**9  # on the hour: an even hour
+    if (start // (3600 * 10**9)) % 2:
+        start += 3600 * 10**9
+    bars = sorted(
+        make_bars("A", 180, start) + make_bars("B", 180, start) + make_bars("C", 180, start),
+        key=lambda b: (b[2], b[1]),
+    )
+    r = run_backtest(plan, events=[bars])
+    # A is picked at the first event, B at the next run an hour later; C never.
+    assert [(o.symbol, o.submitted_ts) for o in r.orders] == [("A", start), ("B", start + 3600 * 10**9)]
+
+
+def test_trader_backtest_command_writes_the_report(tmp_path, pg_dsn):
+    from liu.cli import main
+
+    path = sample_data("spy_minute_2011_pyalgotrade.csv.gz")
+    text = sma_plan(
+        extra=f'[database]\ndsn = "{pg_dsn}"',
+        config="fast_period = 10\nslow_period = 30\nallocation = 0.5",
+        source=f'kind = "replay"\npath = "{path}"',
+    )
+    (tmp_path / "tradeplan.toml").write_text(text)
+    out = tmp_path / "reports"
+    args = [
+        "--plan",
+        str(tmp_path / "tradeplan.toml"),
+        "backtest",
+        "--start",
+        "2011-03-01",
+        "--end",
+        "2011-03-15",
+    ]
+    assert main([*args, "--json", str(tmp_path / "r.json"), "--out", str(out)]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    [folder] = out.iterdir()
+    assert (folder / "report.html").stat().st_size > 10_000 and (folder / "equity.png").read_bytes()[
+        :4
+    ] == b"\x89PNG"
+    assert report["metrics"]["round_trips"] == len(report["round_trips"]) > 10
+    days = {d["date"] for d in report["equity_daily"]}
+    assert min(days) == "2011-03-01" and max(days) == "2011-03-15"  # the --start/--end range, inclusive
+
+    # The same bars imported into PostgreSQL give the same backtest.
+    assert main(["--plan", str(tmp_path / "tradeplan.toml"), "db", "import", str(path)]) == 0
+    assert main([*args, "--from-db", "--json", str(tmp_path / "db.json"), "--out", str(out)]) == 0
+    assert trips(json.loads((tmp_path / "db.json").read_text())) == trips(report)
+
+
+def test_backtest_of_a_missing_file_is_one_clear_error(tmp_path, capsys):
+    from liu.cli import main
+
+    (tmp_path / "tradeplan.toml").write_text(
+        sma_plan(extra='[database]\ndsn = "postgresql://x@127.0.0.1:1/x"')
+    )
+    code = main(
+        ["--plan", str(tmp_path / "tradeplan.toml"), "backtest", "--data", str(tmp_path / "nope.csv")]
+    )
+    out = capsys.readouterr().out
+    assert code == 2 and "nope.csv: file not found" in out and "Traceback" not in out

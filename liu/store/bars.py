@@ -41,7 +41,7 @@ async def import_bars(dsn: str, path: Path) -> int:
     try:
         async for frame in feed.frames(FakeClock(0)):
             rows = [
-                (m["S"], ns_to_datetime(m["t"]), m["o"], m["h"], m["l"], m["c"], m["v"])
+                (m["S"], ns_to_datetime(m["t"].to_unix_nano()), m["o"], m["h"], m["l"], m["c"], m["v"])
                 for m in frame
                 if m["T"] == "b"
             ]
