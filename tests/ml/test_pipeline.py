@@ -124,3 +124,22 @@ def test_streams_are_independent_per_symbol() -> None:
         sb.update(*y[3:8])
         rs = solo.update(*x[3:8])
         assert (ra is None and rs is None) or np.array_equal(ra, rs)
+
+
+def test_stream_equals_batch_through_zero_division() -> None:
+    """Zero volumes make inf and NaN mid-stream (x/0, 0/0): both paths still give the same bits."""
+    raw = make_bars("Z", 300, seed=4)
+    bars = {c: np.array([b[3 + k] for b in raw]) for k, c in enumerate(COLS)}
+    bars["volume"][::7] = 0.0
+    bars["volume"][::11] = 0.0
+    feats = [
+        {"name": "vol_lag", "kind": "lag", "of": ["volume"], "n": 1},
+        {"name": "vol_ratio", "kind": "ratio", "of": ["volume", "vol_lag"]},
+        {"name": "vol_pct", "kind": "pct_change", "of": ["volume"], "n": 1},
+        {"name": "ratio_diff", "kind": "diff", "of": ["vol_ratio", "vol_pct"]},
+    ]
+    pipe = FeaturePipeline(_spec(feats))
+    batch = pipe.batch(bars)
+    stream, _ = _stream_rows(pipe, bars)
+    assert np.isinf(batch).any() and np.isnan(batch[pipe.lookback :]).any()
+    assert np.array_equal(batch[pipe.lookback :], stream[pipe.lookback :], equal_nan=True)
