@@ -40,7 +40,6 @@ from liu.sources.feeds import Feed, feed_config, make_feed, sim_epoch
 from liu.sources.protocol import encode
 
 log = logging.getLogger(__name__)
-MINUTE = 60 * NS
 
 
 @dataclass
@@ -289,7 +288,7 @@ async def _drive(
     console: Console | None,
     store: tuple[str, str] | None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Feed the runner one data minute at a time; sample equity at the end of each minute."""
+    """Feed the runner batch by batch (split where a scanner is due); sample equity at each minute's end."""
     await runner.start()
     if not scanners.scanners and universe is not None:
         runner.assign(universe)  # no scanner: every strategy trades the whole universe (as in the daemon)
@@ -298,6 +297,16 @@ async def _drive(
     eq: list[float] = []
     positions = runner.broker.all_positions()
     last = runner.last_price
+
+    def sample(minute_end: int) -> None:
+        total = account.cash
+        for key, pos in positions.items():
+            if pos.qty:
+                total += pos.qty * last.get(key[1], pos.avg_price)
+        eq_ts.append(minute_end)
+        eq.append(total)
+
+    runner.sample_minutes(sample)
     next_scan = min((s.next_run for s in scanners.scanners), default=None)
     bar = None
     if console is not None:
@@ -313,35 +322,26 @@ async def _drive(
         task = bar.add_task("backtest", total=total, fills=0)
         bar.start()
     process = runner.process
-    minute = None
-    group: list[tuple] = []
     done = 0
     try:
         async for batch in source:
-            for ev in batch:
-                m = ev[2] // MINUTE
-                if m != minute:
-                    if group:
-                        await process(group)
-                        eq_ts.append((minute + 1) * MINUTE)
-                        eq.append(
-                            account.cash + sum(p.qty * last.get(s[1], 0.0) for s, p in positions.items())
-                        )
-                        group = []
-                    minute = m
-                    if next_scan is not None and ev[2] >= next_scan:
-                        next_scan = await _scan(scanners, runner, ev[2], store)
-                if universe is None and scanners.scanners == [] and ev[1] not in assigned:
-                    assigned.add(ev[1])
-                    runner.assign((ev[1],))
-                group.append(ev)
+            if universe is None and not scanners.scanners:  # events of unknown symbols: route as they come
+                new = {ev[1] for ev in batch} - assigned
+                if new:
+                    assigned |= new
+                    runner.assign(sorted(new))
+            i = 0
+            while next_scan is not None and batch and batch[-1][2] >= next_scan:
+                j = next(k for k in range(i, len(batch)) if batch[k][2] >= next_scan)
+                if j > i:
+                    await process(batch[i:j])
+                next_scan = await _scan(scanners, runner, batch[j][2], store)
+                i = j
+            await process(batch[i:] if i else batch)
             done += len(batch)
             if bar is not None:
                 bar.update(task, completed=done, fills=runner.counts["fills"])
-        if group:
-            await process(group)
-            eq_ts.append((minute + 1) * MINUTE)
-            eq.append(account.cash + sum(p.qty * last.get(s[1], 0.0) for s, p in positions.items()))
+        runner.end_minute()
     finally:
         if bar is not None:
             bar.stop()
@@ -407,7 +407,9 @@ def backtest_command(args: Any, console: Console) -> int:
 
     plan = load_plan(args.plan)
     if not args.from_db:
-        replay_config(plan, args.data, args.start, args.end)  # a missing data file: say so before starting anything
+        replay_config(
+            plan, args.data, args.start, args.end
+        )  # a missing data file: say so before starting anything
     dsn, embedded = asyncio.run(
         prepare_database(plan.database.resolve_dsn(), plan.path(plan.database.data_dir))
     )

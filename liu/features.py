@@ -22,23 +22,44 @@ COLUMNS = ("ts", "open", "high", "low", "close", "volume")
 
 
 class BarHistory:
-    """Append-only OHLCV arrays for one symbol; `close` etc. are views of the filled part."""
+    """Append-only OHLCV arrays for one symbol; `close` etc. are views of the filled part.
 
-    __slots__ = ("_data", "n", "_views")
+    Appends go to a short list first and are copied into the arrays in blocks
+    (when a column is read, or every `_BLOCK` bars): one numpy call per block
+    instead of six scalar writes per bar, and still no Python object per stored bar.
+    """
+
+    __slots__ = ("_data", "_filled", "_pending", "_views")
+    _BLOCK = 256
 
     def __init__(self, capacity: int = 256) -> None:
         self._data = np.empty((6, capacity), dtype=np.float64)
-        self.n = 0
-        self._views: dict[str, np.ndarray] = {}  # valid until the next append
+        self._filled = 0  # bars copied into _data
+        self._pending: list[tuple] = []
+        self._views: dict[str, np.ndarray] = {}  # valid until the next flush
+
+    @property
+    def n(self) -> int:
+        return self._filled + len(self._pending)
 
     def append(self, ts: int, o: float, h: float, lo: float, c: float, v: float) -> None:
-        if self.n == self._data.shape[1]:
-            grown = np.empty((6, self.n * 2), dtype=np.float64)
-            grown[:, : self.n] = self._data
+        pending = self._pending
+        pending.append((ts, o, h, lo, c, v))
+        if len(pending) >= self._BLOCK:
+            self._flush()
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        n, k = self._filled, len(pending)
+        if n + k > self._data.shape[1]:
+            grown = np.empty((6, max(2 * self._data.shape[1], n + k)), dtype=np.float64)
+            grown[:, :n] = self._data[:, :n]
             self._data = grown
-        col = self._data[:, self.n]
-        col[0], col[1], col[2], col[3], col[4], col[5] = ts, o, h, lo, c, v
-        self.n += 1
+        self._data[:, n : n + k] = np.array(pending, dtype=np.float64).T
+        self._filled = n + k
+        pending.clear()
         self._views.clear()
 
     def __len__(self) -> int:
@@ -46,9 +67,11 @@ class BarHistory:
 
     def column(self, name: str) -> np.ndarray:
         """A read-only view of one column (float64), oldest first."""
+        if self._pending:
+            self._flush()
         view = self._views.get(name)
         if view is None:
-            view = self._views[name] = self._data[COLUMNS.index(name), : self.n]
+            view = self._views[name] = self._data[COLUMNS.index(name), : self._filled]
             view.flags.writeable = False
         return view
 
@@ -92,7 +115,7 @@ class StreamIndicator:
     input functions only), without changing state.
     """
 
-    __slots__ = ("name", "params", "inputs", "lookback", "_stream", "value")
+    __slots__ = ("name", "params", "inputs", "lookback", "_stream", "value", "_cols", "_col")
 
     def __init__(self, name: str, params: dict[str, Any]) -> None:
         name = name.upper()
@@ -105,13 +128,24 @@ class StreamIndicator:
         except Exception as e:  # TA-Lib raises plain Exceptions for bad params
             raise ConfigError(f"indicator {name} {params}: invalid parameters ({e})") from None
         self.inputs = _input_columns(name)
+        self._cols = tuple(COLUMNS.index(c) for c in self.inputs)  # positions in a (ts, o, h, l, c, v) bar
+        self._col = self._cols[0] if len(self._cols) == 1 else -1
         self._stream: Any = None
         self.value: Any = None
 
-    def on_bar(self, history: BarHistory) -> None:
-        """Feed the newest bar of `history` (or open on the whole history once it is long enough)."""
-        if self._stream is not None:
-            self.value = self._stream.update(*(history.column(c)[-1] for c in self.inputs))
+    def on_bar(self, history: BarHistory, bar: tuple | None = None) -> None:
+        """Feed the newest bar (`bar` = its (ts, o, h, l, c, v), else read from `history`).
+
+        Opens the stream on the whole history once it is longer than the lookback.
+        """
+        stream = self._stream
+        if stream is not None:
+            if bar is None:
+                bar = tuple(history.column(c)[-1] for c in COLUMNS)
+            if self._col >= 0:
+                self.value = stream.update(bar[self._col])
+            else:
+                self.value = stream.update(*[bar[i] for i in self._cols])
         elif history.n > self.lookback:
             self._stream = getattr(tstream, self.name)(
                 *(history.column(c) for c in self.inputs), **self.params
@@ -156,7 +190,12 @@ class Features:
         return ind
 
     def add_bar(self, symbol: str, ts: int, o: float, h: float, lo: float, c: float, v: float) -> None:
-        hist = self.bars(symbol)
+        hist = self.history.get(symbol)
+        if hist is None:
+            hist = self.history[symbol] = BarHistory()
         hist.append(ts, o, h, lo, c, v)
-        for ind in self._indicators.get(symbol, {}).values():
-            ind.on_bar(hist)
+        indicators = self._indicators.get(symbol)
+        if indicators:
+            bar = (ts, o, h, lo, c, v)
+            for ind in indicators.values():
+                ind.on_bar(hist, bar)

@@ -127,6 +127,11 @@ class StrategyRunner:
         self.now = 0
         self.recv_ns = 0  # wall time the producer received the event being handled
         self._next_portfolio = 0
+        self._portfolio_slots: list[_Slot] = []  # strategies that override on_portfolio
+        # Backtest equity sampling: called with a minute's end when the first event after it arrives
+        # (before that event is handled). Off (never due) unless `sample_minutes` sets it.
+        self._on_minute: Callable[[int], None] | None = None
+        self._next_minute = 1 << 62
         self._seq = 0
         self._bar: dict[str, list] = {}
         self._fills: list[Fill] = []
@@ -155,11 +160,25 @@ class StrategyRunner:
             a, b = (int(x[:2]) * 60 + int(x[3:]) for x in window)
             win = (a, b)
         ctx = Context(strategy.name, self, keystore if keystore is not None else Keystore())
-        self.slots[strategy.name] = _Slot(
+        slot = self.slots[strategy.name] = _Slot(
             strategy, ctx, win, _overrides(strategy, "on_trade"), _overrides(strategy, "on_quote")
         )
+        if _overrides(strategy, "on_portfolio"):
+            self._portfolio_slots.append(slot)
+
+    def sample_minutes(self, hook: Callable[[int], None]) -> None:
+        """Call `hook(minute_end_ns)` whenever data time enters a new minute (see `end_minute`)."""
+        self._on_minute = hook
+        self._next_minute = 0
+
+    def end_minute(self) -> None:
+        """Close the last sampled minute (the backtester calls this when the data ends)."""
+        if self._on_minute is not None and 0 < self._next_minute < 1 << 62:
+            self._on_minute(self._next_minute)
 
     async def start(self) -> None:
+        if not self._portfolio_slots:
+            self._next_portfolio = 1 << 62  # nobody listens: skip the interval check's work entirely
         for slot in self.slots.values():
             await self._call(slot, slot.strategy.on_start, None, "on_start", "")
 
@@ -222,6 +241,10 @@ class StrategyRunner:
                 sym = ev[1]
                 if ts > self.now:
                     self.now = ts
+                    if ts >= self._next_minute:
+                        if self._next_minute:
+                            self._on_minute(self._next_minute)
+                        self._next_minute = (ts // MINUTE + 1) * MINUTE
                 if kind == TRADE:
                     price = ev[3]
                     self.last_price[sym] = price
@@ -300,16 +323,18 @@ class StrategyRunner:
             hook(bar)
         route = self.routes.get(bar.symbol)
         if route:
-            for slot in list(route):
-                if slot.open_at(bar.ts):
-                    await self._call(slot, slot.strategy.on_bar, bar, "on_bar", bar.symbol)
+            for slot in route if len(route) == 1 else list(route):  # a hook may reject (and unroute)
+                if slot.window is None or slot.open_at(bar.ts):
+                    result = self._invoke(slot, slot.strategy.on_bar, bar, bar.symbol, "on_bar")
+                    if result:  # orders are placed before the next strategy sees the bar
+                        await self._handle(slot, result, "on_bar", bar.symbol)
 
     async def _portfolio(self, ts: int) -> None:
         first = self._next_portfolio == 0
         self._next_portfolio = (ts // self.portfolio_interval_ns + 1) * self.portfolio_interval_ns
         if first:
             return
-        for slot in self.slots.values():
+        for slot in self._portfolio_slots:
             await self._call(slot, slot.strategy.on_portfolio, None, "on_portfolio", "")
 
     async def _dispatch_fills(self) -> None:

@@ -39,11 +39,19 @@ class SmaCross(Strategy):
     def __init__(self, name: str, config: SmaCrossConfig) -> None:
         super().__init__(name, config)
         self._prev: dict[str, float] = {}  # last (fast - slow) per symbol
+        self._sma: dict[
+            str, tuple
+        ] = {}  # per symbol: the two streaming SMA objects (kept: no lookup per bar)
 
     def on_bar(self, bar: Bar, ctx: Context) -> OrderList:
         cfg = self.config
-        fast = ctx.ta(bar.symbol, "SMA", timeperiod=cfg.fast_period)
-        slow = ctx.ta(bar.symbol, "SMA", timeperiod=cfg.slow_period)
+        sma = self._sma.get(bar.symbol)
+        if sma is None:
+            sma = self._sma[bar.symbol] = (
+                ctx.indicator(bar.symbol, "SMA", timeperiod=cfg.fast_period),
+                ctx.indicator(bar.symbol, "SMA", timeperiod=cfg.slow_period),
+            )
+        fast, slow = sma[0].value, sma[1].value
         if fast is None or slow is None:
             return None
         diff, prev = fast - slow, self._prev.get(bar.symbol)
