@@ -198,7 +198,7 @@ async def backtest(
     progress: Console | None = None,
     batch_id: str | None = None,
 ) -> BacktestResult:
-    """Run the plan over the data; see `run_backtest`."""
+    """Run the plan over the data; see `run_backtest` for the options."""
     batch_id = batch_id or str(uuid.uuid4())
     universe: dict[str, dict] | None = None
     total: int | None = None
@@ -364,19 +364,8 @@ async def _scan(
     return min(pending) if pending else None
 
 
-def run_backtest(
-    plan: TradePlan,
-    *,
-    start: Any = None,
-    end: Any = None,
-    data: Path | None = None,
-    from_db: bool = False,
-    events: Iterable[Sequence[tuple]] | None = None,
-    dsn: str | None = None,
-    progress: Console | None = None,
-    batch_id: str | None = None,
-) -> BacktestResult:
-    """Backtest `plan` and return what happened.
+def run_backtest(plan: TradePlan, **options: Any) -> BacktestResult:
+    """Backtest `plan` and return what happened (`backtest`'s keyword options, from sync code).
 
     Data: `events` (batches of wire tuples, in time order), else bars stored in
     PostgreSQL (`from_db`), else the file `data`, else the plan's own source
@@ -385,19 +374,7 @@ def run_backtest(
     batch is stored (algo_run rows with env BACKTEST, orders, fills) and
     analysed (gain_loss, trade_analysis; `result.report`).
     """
-    return asyncio.run(
-        backtest(
-            plan,
-            start=start,
-            end=end,
-            data=data,
-            from_db=from_db,
-            events=events,
-            dsn=dsn,
-            progress=progress,
-            batch_id=batch_id,
-        )
-    )
+    return asyncio.run(backtest(plan, **options))
 
 
 def backtest_command(args: Any, console: Console) -> int:
