@@ -223,11 +223,17 @@ async def backtest(
         total = len(feed) if hasattr(feed, "__len__") else None
         source = _feed_batches(feed, clock, end_ns)
 
-    writer = None
+    writer = predictions = models = None
     run_ids: dict[str, int] = {}
     if dsn is not None:
         from liu.store import TradeWriter, create_runs, record_account
 
+        if any(s.models for s in plan.strategies):  # the registry's serving versions, as the consumers load
+            from liu.ml.inference import load_plan_models
+            from liu.ml.predictions import PredictionWriter
+
+            models = await load_plan_models(plan, dsn)
+            predictions = await PredictionWriter.open(dsn, batch_id)
         entries = [(s.label, 0, dict(s.config)) for s in plan.strategies]
         ids = await create_runs(dsn, batch_id, "BACKTEST", entries)
         run_ids = {name: i for (name, _), i in ids.items()}
@@ -239,13 +245,22 @@ async def backtest(
     keystores: dict[str, Keystore] = {}
     not_shortable = tuple(s for s, v in (universe or {}).items() if not v.get("shortable", True))
     runner = build_runner(
-        plan, account, keystores, order_prefix=f"{batch_id[:8]}-bt-", sink=sink, not_shortable=not_shortable
+        plan,
+        account,
+        keystores,
+        order_prefix=f"{batch_id[:8]}-bt-",
+        sink=sink,
+        not_shortable=not_shortable,
+        models=models,
+        predictions=predictions,
     )
     scanners = ScannerRunner(load_scanners(plan), symbol_infos(universe or {}))
     reason = "backtest complete"
     try:
         store = (dsn, batch_id) if dsn is not None else None
-        ts, eq = await _drive(runner, account, source, scanners, universe, total, progress, store)
+        ts, eq = await _drive(
+            runner, account, source, scanners, universe, total, progress, store, predictions
+        )
     except BaseException as e:
         reason = f"error: {type(e).__name__}: {e}"
         raise
@@ -256,6 +271,8 @@ async def backtest(
 
             if writer is not None:
                 await writer.close()
+            if predictions is not None:
+                await predictions.close()
             await close_runs(dsn, batch_id, reason)
     result = BacktestResult(
         batch_id=batch_id,
@@ -287,6 +304,7 @@ async def _drive(
     total: int | None,
     console: Console | None,
     store: tuple[str, str] | None,
+    predictions: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Feed the runner batch by batch (split where a scanner is due); sample equity at each minute's end."""
     await runner.start()
@@ -338,6 +356,8 @@ async def _drive(
                 next_scan = await _scan(scanners, runner, batch[j][2], store)
                 i = j
             await process(batch[i:] if i else batch)
+            if predictions is not None and predictions.pending >= 50_000:
+                await predictions.flush()  # a long backtest does not hold every prediction in memory
             done += len(batch)
             if bar is not None:
                 bar.update(task, completed=done, fills=runner.counts["fills"])

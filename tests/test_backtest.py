@@ -432,3 +432,31 @@ def test_backtest_of_a_missing_file_is_one_clear_error(tmp_path, capsys):
     )
     out = capsys.readouterr().out
     assert code == 2 and "nope.csv: file not found" in out and "Traceback" not in out
+
+
+def test_backtest_scores_the_registrys_serving_model_and_stores_predictions(tmp_path, pg_dsn):
+    """A strategy naming a model: the backtest loads the serving version, as a consumer does."""
+    from liu.ml.registry import Registry
+    from liu.ml.spec import load_spec
+    from tests.ml.test_inference import minute_bars, ml_plan, train, wire, write_spec
+
+    bars = minute_bars(("SPY", "IBM"), n=200)
+    spec_path = write_spec(tmp_path)
+    spec = load_spec(spec_path)
+    _, onnx = train(spec_path, bars)
+    reg = Registry(spec.registry_root, pg_dsn)
+    for metric in (0.6, 0.7):  # version 2 is the best, so it serves
+        asyncio.run(reg.register(spec, onnx, {}, metric))
+    r = run_backtest(ml_plan(tmp_path, spec_path, version=None), events=[wire(bars)], dsn=pg_dsn)
+
+    async def rows():
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            return await conn.fetch("select * from predictions where batch_id = $1", r.batch_id)
+        finally:
+            await conn.close()
+
+    stored = asyncio.run(rows())
+    assert {row["version"] for row in stored} == {2}
+    assert len({(row["symbol"], row["bar_ts"]) for row in stored}) == len(stored) > 300  # each bar once
+    assert r.counts["processed"] == 400
