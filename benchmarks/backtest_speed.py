@@ -64,11 +64,20 @@ try:  # the strategy variants are loaded by liu's plugin loader from this file
             return None
 
     class ReadSmas(Strategy):
-        """Reads the two SMAs SmaCross reads, decides nothing: the indicators' cost."""
+        """Reads the two SMAs the way SmaCross does, decides nothing: the indicators' cost."""
+
+        def __init__(self, name, config):
+            super().__init__(name, config)
+            self._sma = {}
 
         def on_bar(self, bar, ctx):
-            ctx.ta(bar.symbol, "SMA", timeperiod=10)
-            ctx.ta(bar.symbol, "SMA", timeperiod=30)
+            sma = self._sma.get(bar.symbol)
+            if sma is None:
+                sma = self._sma[bar.symbol] = (
+                    ctx.indicator(bar.symbol, "SMA", timeperiod=10),
+                    ctx.indicator(bar.symbol, "SMA", timeperiod=30),
+                )
+            sma[0].value, sma[1].value
             return None
 
 except ImportError:  # imported in the peers' venv: no liu there
