@@ -20,7 +20,21 @@ from liu.errors import ConfigError
 def add_commands(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train a model from its spec and register its ONNX file")
     train.add_argument("spec", type=Path, help="model spec (TOML)")
-    train.add_argument("--plan", type=Path, default=argparse.SUPPRESS, help="tradeplan (for the database)")
+    train.add_argument(
+        "--plan",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="tradeplan (database; [broker] for the signal backtest)",
+    )
+    train.add_argument(
+        "--threshold",
+        type=float,
+        help="signal backtest: long when P(up) >= this (classifier, default 0.5) or prediction > this (regressor, 0)",
+    )
+    train.add_argument(
+        "--allocation", type=float, help="signal backtest: fraction of the plan's cash in play (default 1)"
+    )
+    train.add_argument("--no-backtest", action="store_true", help="skip the per-fold signal backtest")
     model = sub.add_parser("model", help="model registry commands")
     model.add_argument("action", choices=["list", "promote"])
     model.add_argument("name", nargs="?")
@@ -32,6 +46,13 @@ def _fmt(x) -> str:
     if isinstance(x, float):
         return "n/a" if math.isnan(x) else f"{x:.4f}"
     return str(x)
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.2f}"
+
+
+BT_COLUMNS = (("signal %", "signal_return_pct"), ("trips", "round_trips"), ("B&H %", "buy_hold_return_pct"))
 
 
 def fold_table(result) -> Table:
@@ -47,23 +68,38 @@ def fold_table(result) -> Table:
         names = "/".join(str(c) for c in result.classes)
         t.add_column(f"precision {names}", justify="right")
         t.add_column(f"recall {names}", justify="right")
+    bt = result.backtest is not None
+    if bt:
+        for col, _ in BT_COLUMNS:
+            t.add_column(col, justify="right")
+        t.caption = (
+            f"signal: {result.backtest.describe(not classify)}; paper broker of the plan, entries and exits "
+            "at the next bar's open; B&H: equal weight, first open to last close of the fold"
+        )
+    extra = (2 if classify else 0) + (len(BT_COLUMNS) if bt else 0)
     for f in result.folds:
         m = f.metrics
         window = f"{f.test_start:%Y-%m-%d %H:%M} .. {f.test_end:%Y-%m-%d %H:%M}"
         row = [str(f.fold), str(f.train_rows), str(f.test_rows), window]
         if "skipped" in m:
-            t.add_row(*row, *(["-"] * (len(keys) + (2 if classify else 0))))
+            t.add_row(*row, *(["-"] * (len(keys) + extra)))
             continue
         row += [_fmt(m[k]) for k in keys]
         if classify:
             row.append(" ".join(f"{m['precision'][str(c)]:.2f}" for c in result.classes))
             row.append(" ".join(f"{m['recall'][str(c)]:.2f}" for c in result.classes))
+        if bt:
+            row += [_pct(m.get(k)) if k.endswith("_pct") else str(m.get(k, "-")) for _, k in BT_COLUMNS]
         t.add_row(*row)
     mean = result.summary_metrics()["mean"]
     t.add_section()
-    t.add_row(
-        "mean", "", "", "", *[_fmt(mean.get(k, math.nan)) for k in keys], *([""] * (2 if classify else 0))
-    )
+    tail = [""] * (2 if classify else 0)
+    if bt:
+        tail += [
+            _pct(mean.get(k, math.nan)) if k.endswith("_pct") else f"{mean.get(k, math.nan):.1f}"
+            for _, k in BT_COLUMNS
+        ]
+    t.add_row("mean", "", "", "", *[_fmt(mean.get(k, math.nan)) for k in keys], *tail)
     return t
 
 
@@ -75,16 +111,35 @@ async def _database(plan_path: Path):
     return plan, await prepare_database(plan.database.resolve_dsn(), plan.path(plan.database.data_dir))
 
 
+def _settings(settings, args: argparse.Namespace):
+    """The spec's [backtest] settings with the command line's overrides (checked like the spec's)."""
+    from pydantic import ValidationError
+
+    from liu.ml.signal_backtest import BacktestSettings
+
+    update = {"enabled": False} if args.no_backtest else {}
+    for key in ("threshold", "allocation"):
+        if getattr(args, key) is not None:
+            update[key] = getattr(args, key)
+    try:
+        return BacktestSettings.model_validate(settings.model_dump() | update)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"trader train --{key}: given {err.get('input')!r}, {err['msg'].lower()}") from None
+
+
 def _train(args: argparse.Namespace, console: Console) -> int:
     from liu.ml.export import to_onnx
     from liu.ml.registry import Registry
     from liu.ml.spec import load_spec
-    from liu.ml.train import train_model
+    from liu.ml.train import backtest_settings, train_model
 
     spec = load_spec(args.spec)
-    _, (dsn, embedded) = asyncio.run(_database(args.plan))
+    settings = _settings(backtest_settings(spec), args)
+    plan, (dsn, embedded) = asyncio.run(_database(args.plan))
     try:
-        result = train_model(spec, dsn=dsn, console=console)
+        result = train_model(spec, dsn=dsn, console=console, broker=plan.broker, backtest=settings)
         console.print(fold_table(result))
         onnx_bytes = to_onnx(result.estimator, result.pipeline.width, result.onnx_metadata())
         registry = Registry(spec.registry_root, dsn)

@@ -4,6 +4,10 @@ Walk-forward: the labelled rows, in time order, are cut into `folds + 1` blocks;
 and trains only on rows before it. Around each test block, per symbol, `purge` bars before its first bar
 and `embargo` bars after its last bar are never trained on (purge >= horizon means no training label
 looks into the test block). The model is trained on the float32-rounded features the ONNX model will see.
+
+Each fold model's signal is also traded on its test bars by the real backtester (liu.ml.signal_backtest),
+so the table shows money next to the scores; those figures never choose the registry's best model unless
+the spec's metric names them.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -21,7 +25,11 @@ import pandas as pd
 from liu.errors import ConfigError
 from liu.ml.labels import make_labels
 from liu.ml.pipeline import FeaturePipeline
+from liu.ml.signal_backtest import BacktestSettings, SignalBacktest, signal_backtest
 from liu.ml.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from liu.plan import BrokerPlan
 
 NY = "America/New_York"
 Bars = dict[str, np.ndarray]  # ts (int64 ns, bar start UTC), open, high, low, close, volume
@@ -277,6 +285,7 @@ class FoldResult:
     test_start: pd.Timestamp
     test_end: pd.Timestamp
     metrics: dict[str, Any]
+    backtest: SignalBacktest | None = None
 
 
 @dataclass
@@ -291,11 +300,21 @@ class TrainResult:
     rows: int
     train_window: dict[str, str]
     label_counts: dict[str, int] = field(default_factory=dict)
+    backtest: BacktestSettings | None = None  # how each fold's signal was traded; None = not traded
 
     def summary_metrics(self) -> dict[str, Any]:
-        """Mean of each scalar metric over folds, plus the per-fold metrics (stored with the model)."""
-        keys = [k for k, v in (self.folds[0].metrics if self.folds else {}).items() if isinstance(v, float)]
-        mean = {k: float(np.nanmean([f.metrics[k] for f in self.folds])) for k in keys}
+        """Mean of each scalar metric over the folds that have it, plus the per-fold metrics."""
+        keys: list[str] = []
+        for f in self.folds:
+            for k, v in f.metrics.items():
+                if isinstance(v, int | float) and not isinstance(v, bool) and k not in keys:
+                    keys.append(k)
+        mean = {
+            k: float(np.nanmean(vals))
+            if (vals := [f.metrics[k] for f in self.folds if k in f.metrics])
+            else math.nan
+            for k in keys
+        }
         return {
             "mean": mean,
             "folds": [
@@ -320,8 +339,46 @@ def _iso(ns: int) -> pd.Timestamp:
     return pd.Timestamp(int(ns), unit="ns", tz="UTC")
 
 
-def train_model(spec: ModelSpec, *, dsn: str | None = None, console=None) -> TrainResult:
-    """Walk-forward evaluation, then the final model fit on all labelled rows."""
+def fold_bars(ds: Dataset, bars: dict[str, Bars], rows: np.ndarray) -> list[tuple]:
+    """The bars of dataset rows `rows` as BAR wire tuples (2, symbol, ts, o, h, l, c, v, 0), in row order."""
+    out = []
+    for r in rows:
+        sym = ds.symbols[int(ds.sym[r])]
+        b, p = bars[sym], int(ds.pos[r])
+        out.append(
+            (2, sym, int(b["ts"][p]), float(b["open"][p]), float(b["high"][p]), float(b["low"][p]),
+             float(b["close"][p]), float(b["volume"][p]), 0)
+        )  # fmt: skip
+    return out
+
+
+def backtest_settings(spec: ModelSpec, given: BacktestSettings | None = None) -> BacktestSettings:
+    """`given` (the CLI's), else the spec's `[backtest]` table when the spec model has one, else defaults."""
+    if given is not None:
+        return given
+    raw = getattr(spec, "backtest", None)
+    if raw is None:
+        return BacktestSettings()
+    return (
+        raw
+        if isinstance(raw, BacktestSettings)
+        else BacktestSettings.model_validate(raw, from_attributes=True)
+    )
+
+
+def train_model(
+    spec: ModelSpec,
+    *,
+    dsn: str | None = None,
+    console=None,
+    broker: BrokerPlan | None = None,
+    backtest: BacktestSettings | None = None,
+) -> TrainResult:
+    """Walk-forward evaluation (with each fold's signal backtest), then the final model on all rows.
+
+    `broker` (the tradeplan's [broker]: cash, fees, slippage) is the paper broker the signal backtests
+    use; `backtest` overrides the spec's `[backtest]` settings.
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     pipeline = FeaturePipeline(spec)
@@ -332,6 +389,8 @@ def train_model(spec: ModelSpec, *, dsn: str | None = None, console=None) -> Tra
     classify = spec.label.task == "classification"
     y = ds.y.astype(np.int64) if classify else ds.y
     classes = sorted({int(c) for c in y}) if classify else None
+    settings = backtest_settings(spec, backtest)
+    threshold, strict = settings.rule(not classify)
     folds: list[FoldResult] = []
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
@@ -346,10 +405,27 @@ def train_model(spec: ModelSpec, *, dsn: str | None = None, console=None) -> Tra
             else:
                 est = spec.estimator.build().fit(ds.X[tr], y[tr])
                 if classify:
-                    metrics = classification_metrics(y[te], _full_proba(est, ds.X[te], classes), classes)
+                    proba = _full_proba(est, ds.X[te], classes)
+                    metrics = classification_metrics(y[te], proba, classes)
+                    signal = proba[:, classes.index(max(classes))]  # P(up): the highest class is "up"
                 else:
-                    metrics = regression_metrics(y[te], est.predict(ds.X[te]))
-            folds.append(FoldResult(i, len(tr), len(te), _iso(ds.ts[te[0]]), _iso(ds.ts[te[-1]]), metrics))
+                    signal = est.predict(ds.X[te])
+                    metrics = regression_metrics(y[te], signal)
+            bt = None
+            if settings.enabled and "skipped" not in metrics:
+                progress.update(task, description=f"{spec.name}: fold {i}/{len(splits)} signal backtest")
+                bt = signal_backtest(
+                    fold_bars(ds, bars, te),
+                    signal,
+                    threshold=threshold,
+                    strict=strict,
+                    allocation=settings.allocation,
+                    broker=broker,
+                )
+                metrics |= bt.metrics()
+            folds.append(
+                FoldResult(i, len(tr), len(te), _iso(ds.ts[te[0]]), _iso(ds.ts[te[-1]]), metrics, bt)
+            )
             progress.advance(task)
         progress.update(task, description=f"{spec.name}: final fit on {len(ds.ts)} rows")
         final = spec.estimator.build().fit(ds.X, y)
@@ -376,4 +452,5 @@ def train_model(spec: ModelSpec, *, dsn: str | None = None, console=None) -> Tra
             "bar_size": spec.data.bar_size,
         },
         label_counts=counts,
+        backtest=settings if settings.enabled else None,
     )
