@@ -73,8 +73,8 @@ def fold_table(result) -> Table:
         for col, _ in BT_COLUMNS:
             t.add_column(col, justify="right")
         t.caption = (
-            f"signal: {result.backtest.describe(not classify)}; paper broker of the plan, entries and exits "
-            "at the next bar's open; B&H: equal weight, first open to last close of the fold"
+            f"signal: {result.backtest.describe(not classify)}, the plan's paper broker, filled at the next "
+            "bar's open · B&H: equal weight, first open to last close"
         )
     extra = (2 if classify else 0) + (len(BT_COLUMNS) if bt else 0)
     for f in result.folds:

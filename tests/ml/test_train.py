@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from liu.cli import main
 from liu.ml.spec import load_spec
-from liu.ml.train import build_dataset, load_bars, train_model, walk_forward
+from liu.ml.train import FoldResult, build_dataset, load_bars, train_model, walk_forward
 
 
 def _check_folds(ds, splits, purge: int, embargo: int, horizon: int) -> None:
@@ -90,6 +91,23 @@ def test_train_model_regressor(synthetic_spec) -> None:
     assert result.classes is None and result.metric_name == "rmse"
     assert all(f.metrics["rmse"] > 0 and f.metrics["mae"] > 0 for f in result.folds)
     assert not spec.registry.higher_is_better
+    # the regressor's signal (long while the predicted return > 0) is traded on every fold too
+    assert result.backtest is not None and result.backtest.rule(regression=True) == (0.0, True)
+    for f in result.folds:
+        assert f.backtest is not None and f.backtest.bars == f.test_rows
+        assert math.isfinite(f.metrics["signal_return_pct"]) and f.metrics["round_trips"] >= 0
+
+
+def test_mean_metrics_skip_folds_without_them(synthetic_spec) -> None:
+    """A skipped fold (no model, no backtest) neither breaks nor dilutes the means."""
+    result = train_model(load_spec(synthetic_spec(n=300)))
+    skipped = FoldResult(0, 0, 5, result.folds[0].test_start, result.folds[0].test_end, {"skipped": "x"})
+    result.folds.insert(0, skipped)
+    mean = result.summary_metrics()["mean"]
+    real = result.folds[1:]
+    assert mean["roc_auc"] == pytest.approx(np.nanmean([f.metrics["roc_auc"] for f in real]))
+    assert mean["signal_return_pct"] == pytest.approx(np.mean([f.metrics["signal_return_pct"] for f in real]))
+    assert mean["round_trips"] == pytest.approx(np.mean([f.metrics["round_trips"] for f in real]))
 
 
 async def _models(dsn: str) -> list:
@@ -129,3 +147,41 @@ def test_trader_train_end_to_end(synthetic_spec, tmp_path: Path, pg_dsn: str, ca
     assert main(["--plan", str(plan), "model", "promote", "syn", "9"]) == 2
     err = capsys.readouterr().out
     assert "no version 9" in err and len(err.strip().splitlines()) == 1
+
+
+async def _fold_metrics(dsn: str) -> list[dict]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        raw = await conn.fetchval("SELECT metrics FROM models ORDER BY version DESC LIMIT 1")
+    finally:
+        await conn.close()
+    return (json.loads(raw) if isinstance(raw, str) else raw)["folds"]
+
+
+def test_trader_train_shows_each_folds_signal_backtest(
+    synthetic_spec, tmp_path: Path, pg_dsn: str, capsys
+) -> None:
+    spec_path = synthetic_spec(n=300)
+    plan = tmp_path / "tradeplan.toml"
+    plan.write_text(f'[database]\ndsn = "{pg_dsn}"\n[broker]\ncash = 20000\nfee_per_share = 0.005\n')
+    assert (
+        main(["--plan", str(plan), "train", str(spec_path), "--threshold", "0.6", "--allocation", "0.5"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "signal %" in out and "trips" in out and "B&H %" in out
+    assert "long when P(up) ≥ 0.6, allocation 0.5" in out
+    folds = asyncio.run(_fold_metrics(pg_dsn))  # stored with the model, per fold
+    assert len(folds) == 3
+    for row in folds:
+        assert {"signal_return_pct", "buy_hold_return_pct", "round_trips"} <= set(row)
+        # the row of the table shows this fold's figures
+        line = next(ln for ln in out.splitlines() if ln.startswith(f"│    {row['fold']} │"))
+        assert f"{row['signal_return_pct']:+.2f}" in line and f"{row['buy_hold_return_pct']:+.2f}" in line
+
+    assert main(["--plan", str(plan), "train", str(spec_path), "--no-backtest"]) == 0
+    out = capsys.readouterr().out
+    assert "walk-forward folds" in out and "B&H %" not in out and "signal %" not in out
+
+    assert main(["--plan", str(plan), "train", str(spec_path), "--allocation", "2"]) == 2
+    err = capsys.readouterr().out
+    assert "--allocation" in err and "given 2.0" in err and len(err.strip().splitlines()) == 1
