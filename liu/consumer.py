@@ -284,6 +284,7 @@ def consumer_main(setup: ConsumerSetup, channel: Connection, results: Connection
         )
         gc.freeze()  # long-lived objects from imports and set-up: keep full collections short
         consumer = Consumer(setup, runner, keystores)
+        results.send(("ready", setup.index))  # the daemon starts the clock once every consumer is here
         consumer.predictions = predictions
         if models:
             from liu.ml.inference import ModelWatcher, scorer_of

@@ -93,6 +93,8 @@ class Daemon:
         self.not_shortable: tuple[str, ...] = ()
         self._pending_subs = 0  # Subscribe messages the producer has not acknowledged yet
         self._subscribed = asyncio.Event()  # set when none are pending, or the producer gave up
+        self._ready: set[int] = set()  # consumers that have built their runner
+        self._all_ready = asyncio.Event()
 
     # -- start-up -------------------------------------------------------
     def _plugins(self) -> tuple[list[ScheduledScanner], list[Strategy]]:
@@ -198,6 +200,10 @@ class Daemon:
             self.dsn, self.embedded = await prepare_database(
                 plan.database.resolve_dsn(), plan.path(plan.database.data_dir)
             )
+            if any(s.models for s in plan.strategies):  # a bad model stops the start with one clear line
+                from liu.ml.inference import load_plan_models
+
+                await load_plan_models(plan, self.dsn)
 
             key, secret = "liu", secrets.token_hex(8)
             url, universe, first_ts = await self._start_server(key, secret)
@@ -228,6 +234,7 @@ class Daemon:
                 await self._subscribe(Assign(tuple(universe), (), ""))
             await self._scan(scan_runner, data0)
             await self._wait_subscribed(timeout=15)
+            await self._wait_ready(timeout=120)
 
             spec = ClockSpec(data0, time.time_ns(), speed)
             clock = Clock(spec)
@@ -300,8 +307,30 @@ class Daemon:
             self.session.gaps = list(msg[1])
 
     def _on_result(self, i: int, msg: Any) -> None:
-        if msg is not EOF_MARK:
+        if msg is EOF_MARK:
+            return
+        if isinstance(msg, tuple) and msg[0] == "ready":
+            self._ready.add(i)
+            if len(self._ready) == len(self.consumers):
+                self._all_ready.set()
+        else:
             self.session.reports[i] = msg
+
+    async def _wait_ready(self, timeout: float) -> None:
+        """Wait until every consumer has built its runner (strategies, models): the clock starts after."""
+        deadline = time.monotonic() + timeout
+        while not self._all_ready.is_set():
+            for i, p in enumerate(self.consumers):
+                if p.exitcode is not None:
+                    raise ConfigError(
+                        f"consumer {i} exited during start-up (exit code {p.exitcode}); its log is above"
+                    )
+            if time.monotonic() > deadline:
+                raise ConfigError(f"consumers not ready after {timeout:.0f}s: only {sorted(self._ready)}")
+            try:
+                await asyncio.wait_for(self._all_ready.wait(), 0.25)
+            except TimeoutError:
+                pass
 
     async def _supervise(self, scans: ScannerRunner, clock: Clock, stats: SharedStats) -> None:
         session = self.session

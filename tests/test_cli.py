@@ -165,3 +165,34 @@ def test_db_upgrade_migrates_the_embedded_database(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "is at head" in proc.stdout
     assert (tmp_path / "pg" / "PG_VERSION").exists()
+
+
+def test_bad_model_file_stops_the_start_with_one_line(tmp_path, pg_dsn):
+    """A strategy's model that fails validation is refused before any consumer starts."""
+    from liu.ml.registry import Registry
+    from liu.ml.spec import load_spec
+    from tests.ml.test_inference import write_spec
+
+    spec_path = write_spec(tmp_path)
+    model = Registry(load_spec(spec_path).registry_root, None).path("tiny", 1)
+    model.parent.mkdir(parents=True)
+    model.write_bytes(b"not an onnx file")
+    (tmp_path / "noop.py").write_text(
+        "from liu.strategy import Strategy\n\n\nclass Noop(Strategy):\n    pass\n"
+    )
+    plan = f"""
+[session]
+duration = "5s"
+[database]
+dsn = "{pg_dsn}"
+[[strategies]]
+name = "noop"
+file = "noop.py"
+class = "Noop"
+models = [{{ spec = "{spec_path}", version = 1 }}]
+"""
+    proc, summary = run_trader(tmp_path, plan, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "tiny" in lines[0] and str(model) in proc.stdout.replace("\n", ""), proc.stdout
+    assert summary is None
