@@ -52,6 +52,18 @@ def _pct(x) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.2f}"
 
 
+def _window(start, end) -> str:
+    """Test window, short enough to keep the table on one line: the end drops what it shares."""
+    fmt = (
+        "%H:%M"
+        if end.date() == start.date()
+        else "%m-%d %H:%M"
+        if end.year == start.year
+        else "%Y-%m-%d %H:%M"
+    )
+    return f"{start:%Y-%m-%d %H:%M}→{end.strftime(fmt)}"
+
+
 BT_COLUMNS = (("signal %", "signal_return_pct"), ("trips", "round_trips"), ("B&H %", "buy_hold_return_pct"))
 
 
@@ -79,7 +91,7 @@ def fold_table(result) -> Table:
     extra = (2 if classify else 0) + (len(BT_COLUMNS) if bt else 0)
     for f in result.folds:
         m = f.metrics
-        window = f"{f.test_start:%Y-%m-%d %H:%M} .. {f.test_end:%Y-%m-%d %H:%M}"
+        window = _window(f.test_start, f.test_end)
         row = [str(f.fold), str(f.train_rows), str(f.test_rows), window]
         if "skipped" in m:
             t.add_row(*row, *(["-"] * (len(keys) + extra)))
