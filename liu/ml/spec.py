@@ -70,6 +70,7 @@ from pydantic import (
 )
 
 from liu.errors import ConfigError
+from liu.ml.signal_backtest import BacktestSettings
 
 COLUMNS = ("open", "high", "low", "close", "volume")
 DERIVED_KINDS = ("diff", "ratio", "change", "pct_change", "lag")
@@ -355,6 +356,7 @@ class ModelSpec(_Table):
     data: DataSpec
     validation: ValidationSpec
     registry: RegistrySpec = RegistrySpec()
+    backtest: BacktestSettings = BacktestSettings()
     base_dir: Path = Path(".")
     file: Path | None = None
 

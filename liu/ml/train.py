@@ -353,17 +353,8 @@ def fold_bars(ds: Dataset, bars: dict[str, Bars], rows: np.ndarray) -> list[tupl
 
 
 def backtest_settings(spec: ModelSpec, given: BacktestSettings | None = None) -> BacktestSettings:
-    """`given` (the CLI's), else the spec's `[backtest]` table when the spec model has one, else defaults."""
-    if given is not None:
-        return given
-    raw = getattr(spec, "backtest", None)
-    if raw is None:
-        return BacktestSettings()
-    return (
-        raw
-        if isinstance(raw, BacktestSettings)
-        else BacktestSettings.model_validate(raw, from_attributes=True)
-    )
+    """`given` (the CLI's flags), else the spec's `[backtest]` table."""
+    return given if given is not None else spec.backtest
 
 
 def train_model(

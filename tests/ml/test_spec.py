@@ -135,3 +135,14 @@ def test_cli_bad_spec_is_one_red_line(tmp_path: Path, capsys: pytest.CaptureFixt
     assert main(["--plan", str(tmp_path / "none.toml"), "train", str(path)]) == 2
     out = capsys.readouterr().out.strip()
     assert out.startswith("error: ") and "RSX" in out and len(out.splitlines()) == 1
+
+
+def test_backtest_table_sets_the_fold_backtest_and_rejects_unknown_keys(tmp_path: Path) -> None:
+    from liu.ml.train import backtest_settings
+
+    path = tmp_path / "s.toml"
+    path.write_text(spec_text("bars.csv") + "\n[backtest]\nthreshold = 0.7\nallocation = 0.5\n")
+    settings = backtest_settings(load_spec(path))
+    assert (settings.threshold, settings.allocation, settings.enabled) == (0.7, 0.5, True)
+    msg = _bad(tmp_path, spec_text("bars.csv") + "\n[backtest]\nthreshhold = 0.7\n")
+    assert "backtest" in msg and "threshhold" in msg
