@@ -10,8 +10,10 @@ checks `np.array_equal(stream rows, batch rows)` on real bars anyway.
 
 from __future__ import annotations
 
+import array
 import hashlib
 import json
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -137,70 +139,137 @@ def _ta_batch(f: TaFeature, ins: list[np.ndarray], n: int) -> np.ndarray:
     return np.asarray(res, dtype=np.float64)
 
 
+# --------------------------------------------------------------------- stream
+# Every value of one stream lives in one float64 buffer: the 5 bar columns, then each feature in spec order.
+# Steps read and write it through a memoryview, which stores any number as a C double and reads back plain
+# Python floats (no numpy scalar per operation), and the feature part of it is also a numpy row, copied
+# once per bar. A step is a closure over slot indices and bound `.update`/`.append` methods.
+
+Step = Callable[[memoryview], None]
+
+
 class _TaNode:
-    """Streaming state of one TA-Lib feature, built from the same TaFeature the batch path uses."""
+    """Streaming state of one TA-Lib call, built from the same TaFeature fields the batch path uses.
 
-    __slots__ = ("feature", "ins", "out", "lookback", "index", "history", "valid", "obj")
+    Features with the same function, parameters and inputs (e.g. two outputs of one MACD) share one
+    node, so the call runs once per bar. Until its inputs have been defined for `lookback + 1` bars the
+    node keeps their history (TA-Lib skips leading NaNs in batch); then it builds the talib.stream object
+    from that history and puts its hot step in its place in the stream's step list.
+    """
 
-    def __init__(self, f: TaFeature, ins: list[int], out: int) -> None:
+    def __init__(self, f: TaFeature, ins: list[int], steps: list[Step], at: int) -> None:
         self.feature = f
         self.ins = ins
-        self.out = out
+        self.outs: list[tuple[int, int]] = []  # (output index or -1 for single-output functions, slot)
+        self.multi = len(abstract.Function(f.function).info["output_names"]) > 1
         self.lookback = abstract.Function(f.function, **f.params).lookback
-        self.index = f.output_index if len(abstract.Function(f.function).info["output_names"]) > 1 else -1
-        self.history: list[list[float]] | None = [[] for _ in ins]
+        self.history: list[list[float]] = [[] for _ in ins]
         self.valid = 0  # bars since the first bar with every input defined
-        self.obj: Any = None
+        self.steps, self.at = steps, at  # where this node's step sits in the stream's step list
 
-    def step(self, vals: list[float]) -> None:
-        xs = [vals[i] for i in self.ins]
-        if self.obj is not None:
-            v = self.obj.update(*xs)
-        else:
-            hist = self.history
-            for h, x in zip(hist, xs, strict=True):
-                h.append(x)
-            if self.valid or not any(x != x for x in xs):
-                self.valid += 1
-            if self.valid <= self.lookback:
-                vals[self.out] = NAN
-                return
-            f = self.feature
-            arrays = [np.asarray(h, dtype=np.float64) for h in hist]
-            self.obj = getattr(tstream, f.function)(*arrays, **f.params)
-            self.history = None
-            v = self.obj.value
-        if self.index >= 0:
-            v = v[self.index]
-        vals[self.out] = float(v)
+    def add(self, f: TaFeature, slot: int) -> None:
+        self.outs.append((f.output_index if self.multi else -1, slot))
+
+    def warm(self, mv: memoryview) -> None:
+        """Warm-up step: collect input history; build the stream object once there is enough."""
+        xs = [mv[i] for i in self.ins]
+        for h, x in zip(self.history, xs, strict=True):
+            h.append(x)
+        if self.valid or not any(x != x for x in xs):
+            self.valid += 1
+        if self.valid <= self.lookback:
+            for _, s in self.outs:
+                mv[s] = NAN
+            return
+        f = self.feature
+        obj = getattr(tstream, f.function)(
+            *(np.asarray(h, dtype=np.float64) for h in self.history), **f.params
+        )
+        self.history = []
+        value = obj.value
+        for k, s in self.outs:
+            mv[s] = value if k < 0 else value[k]
+        self.steps[self.at] = self._hot(obj.update)
+
+    def _hot(self, update: Callable[..., Any]) -> Step:
+        """The per-bar step: one `update` call, its outputs written to their slots."""
+        ins, outs = self.ins, self.outs
+        if len(outs) > 1:
+
+            def many(mv: memoryview) -> None:
+                r = update(*[mv[i] for i in ins])
+                for k, s in outs:
+                    mv[s] = r[k]
+
+            return many
+        (k, s), n = outs[0], len(ins)
+        if n == 1 and k < 0:
+            (a,) = ins
+
+            def one(mv: memoryview) -> None:
+                mv[s] = update(mv[a])
+
+            return one
+        if n == 1:
+            (a,) = ins
+
+            def one_of(mv: memoryview) -> None:
+                mv[s] = update(mv[a])[k]
+
+            return one_of
+        if n == 3 and k < 0:
+            a, b, c = ins
+
+            def three(mv: memoryview) -> None:
+                mv[s] = update(mv[a], mv[b], mv[c])
+
+            return three
+
+        def general(mv: memoryview) -> None:
+            r = update(*[mv[i] for i in ins])
+            mv[s] = r if k < 0 else r[k]
+
+        return general
 
 
-def _plain(x: float, y: float) -> bool:
-    """True when no IEEE exception can occur (finite, non-zero operands): skip np.errstate (about 5 µs)."""
-    return x != 0.0 and y != 0.0 and -_INF < x < _INF and -_INF < y < _INF
-
-
-def _quiet(kernel: Callable[[Any, Any], Any], x: float, y: float) -> Any:
+def _quiet(kernel: Callable[[Any, Any], Any], x: float, y: float) -> float:
+    """The kernel on np.float64 scalars: IEEE inf/NaN where Python floats raise ZeroDivisionError."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        return kernel(np.float64(x), np.float64(y))
+        return float(kernel(np.float64(x), np.float64(y)))
 
 
-class _Ring:
-    """The last `size` values of one slot (NaN before they exist); `ago(n)` is the value n bars back."""
+def _derived_step(kernel: Callable[[Any, Any], Any], a: int, b: int, out: int) -> Step:
+    """out = kernel(slot a, slot b) on Python floats (the same IEEE operations as numpy's, so the same bits)."""
 
-    __slots__ = ("size", "buf", "i")
+    def step(mv: memoryview) -> None:
+        x, y = mv[a], mv[b]
+        try:
+            mv[out] = kernel(x, y)
+        except ArithmeticError:  # x / 0.0 (Python raises; numpy gives ±inf or NaN)
+            mv[out] = _quiet(kernel, x, y)
 
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.buf = [NAN] * size
-        self.i = -1
+    return step
 
-    def push(self, x: float) -> None:
-        self.i = (self.i + 1) % self.size
-        self.buf[self.i] = x
 
-    def ago(self, n: int) -> float:
-        return self.buf[(self.i - n) % self.size]
+def _lagged_step(kernel: Callable[[Any, Any], Any], a: int, ring: deque[float], n: int, out: int) -> Step:
+    """out = kernel(slot a now, slot a n bars ago); `ring` holds slot a's last values, the current one last."""
+    back = -1 - n
+
+    def step(mv: memoryview) -> None:
+        x, y = mv[a], ring[back]
+        try:
+            mv[out] = kernel(x, y)
+        except ArithmeticError:
+            mv[out] = _quiet(kernel, x, y)
+
+    return step
+
+
+def _push_step(append: Callable[[float], None], slot: int) -> Step:
+    def step(mv: memoryview) -> None:
+        append(mv[slot])
+
+    return step
 
 
 class FeatureStream:
@@ -212,58 +281,44 @@ class FeatureStream:
         self.width = pipeline.width
         self.bars = 0
         self._lookback = pipeline.lookback
+        ncol = len(COLUMNS)
+        self._buf = array.array("d", [NAN] * (ncol + pipeline.width))
+        self._mv = memoryview(self._buf)
+        self._row = np.frombuffer(self._buf, dtype=np.float64, offset=ncol * 8)
         slot = pipeline._slot
-        self._vals: list[Any] = [NAN] * (len(COLUMNS) + pipeline.width)
-        self._rings: dict[int, _Ring] = {s: _Ring(w) for s, w in pipeline._window.items()}
-        self._col_rings = [(s, r) for s, r in self._rings.items() if s < len(COLUMNS)]
-        self._steps: list[Callable[[list[Any]], None]] = []
+        # Rings: the last `window` values of each slot a lagged feature reads (NaN before they exist).
+        rings = {s: deque([NAN] * w, maxlen=w) for s, w in pipeline._window.items()}
+        self._col_rings = [(s, r.append) for s, r in rings.items() if s < ncol]
+        self._steps: list[Step] = []
+        nodes: dict[str, _TaNode] = {}
         for i, f in enumerate(pipeline.features):
-            out = len(COLUMNS) + i
+            out = ncol + i
             ins = [slot[r] for r in f.refs]
             if isinstance(f, TaFeature):
-                self._steps.append(_TaNode(f, ins, out).step)
+                key = json.dumps([f.function, f.params, ins], sort_keys=True)
+                if key not in nodes:
+                    nodes[key] = node = _TaNode(f, ins, self._steps, len(self._steps))
+                    self._steps.append(node.warm)
+                nodes[key].add(f, out)
             else:
-                self._steps.append(self._derived_step(f, ins, out))
-            if out in self._rings:
-                self._steps.append(self._push_step(out))
-        self._out_slots = slice(len(COLUMNS), len(COLUMNS) + pipeline.width)
-
-    def _derived_step(self, f: DerivedFeature, ins: list[int], out: int) -> Callable[[list[Any]], None]:
-        kernel, lagged = DERIVED[f.kind]
-        f64 = np.float64
-        if lagged:
-            src, ring, n = ins[0], self._rings[ins[0]], f.n
-
-            def step(vals: list[Any]) -> None:
-                x, y = vals[src], ring.ago(n)
-                vals[out] = float(kernel(f64(x), f64(y)) if _plain(x, y) else _quiet(kernel, x, y))
-
-        else:
-            a, b = ins
-
-            def step(vals: list[Any]) -> None:
-                x, y = vals[a], vals[b]
-                vals[out] = float(kernel(f64(x), f64(y)) if _plain(x, y) else _quiet(kernel, x, y))
-
-        return step
-
-    def _push_step(self, slot: int) -> Callable[[list[Any]], None]:
-        ring = self._rings[slot]
-
-        def step(vals: list[Any]) -> None:
-            ring.push(vals[slot])
-
-        return step
+                kernel, lagged = DERIVED[f.kind]
+                if lagged:
+                    self._steps.append(_lagged_step(kernel, ins[0], rings[ins[0]], f.n, out))
+                else:
+                    self._steps.append(_derived_step(kernel, ins[0], ins[1], out))
+            if out in rings:
+                # A shared TA node writes this slot at its own (earlier) step, so pushing here is in time.
+                self._steps.append(_push_step(rings[out].append, out))
 
     def update(self, o: float, h: float, l: float, c: float, v: float) -> np.ndarray | None:  # noqa: E741
-        """Feed one closed bar; the float64 feature row for it, or None while warming up."""
-        vals = self._vals
-        vals[0], vals[1], vals[2], vals[3], vals[4] = float(o), float(h), float(l), float(c), float(v)
-        for s, ring in self._col_rings:
-            ring.push(vals[s])
+        """Feed one closed bar; the float64 feature row for it (a fresh array), or None while warming up."""
+        mv = self._mv
+        mv[0], mv[1], mv[2], mv[3], mv[4] = o, h, l, c, v
+        for s, append in self._col_rings:
+            append(mv[s])
         for step in self._steps:
-            step(vals)
+            step(mv)
         self.bars += 1
         if self.bars <= self._lookback:
             return None
-        return np.array(vals[self._out_slots], dtype=np.float64)
+        return self._row.copy()
