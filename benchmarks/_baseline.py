@@ -4,7 +4,8 @@ liu side (the real code, instrumented only from the outside):
 * `bench_serve`: liu's `MarketDataServer` with a pre-encoded `SimFeed`, whose rate
   the benchmark changes per step.
 * `bench_consumer_main`: liu's `consumer_main`, with `BenchConsumer` (a `Consumer`
-  that hands the batch's receive time and the benchmark's step to the strategy).
+  that hands the batch's receive time and the benchmark's step to the strategy and,
+  when the plan names models, publishes the scorer's counts every 50 ms).
 * the producer is liu's `producer_main`, unchanged.
 
 Baseline (the LiuAlgoTrader design): one `multiprocessing.Queue.put` per event.
@@ -28,13 +29,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from liu.consumer import Consumer, ConsumerSetup
-from liu.events import Stop
+from liu.events import Start, Stop
 from liu.transport import EOF_MARK, watch_connection
 
 
 @dataclass
 class BenchSetup(ConsumerSetup):
     control: Any = None  # RawArray('q'): [step id (0 = do not record), sample stride]
+    ml_counts: Any = None  # RawArray('q'), ML_FIELDS per consumer: the model scorer's totals
+
+
+ML_FIELDS = ("bars", "warming", "scored", "errors")
 
 
 class BenchConsumer(Consumer):
@@ -43,6 +48,7 @@ class BenchConsumer(Consumer):
     def __init__(self, setup: BenchSetup, runner, keystores=None) -> None:
         super().__init__(setup, runner, keystores)
         runner.bench_step, runner.bench_stride = 0, 1
+        runner.bench_clock = None
         self.transport: dict[int, array] = {}  # step → producer receive → batch start, ns
         self.gc_pauses: dict[int, list] = {0: [0, 0.0, 0.0], 1: [0, 0.0, 0.0], 2: [0, 0.0, 0.0]}
         gc_t = [0.0]
@@ -71,6 +77,38 @@ class BenchConsumer(Consumer):
                 t = self.transport[step] = array("q")
             t.append(time.time_ns() - recv)
         await super()._batch(batch)
+
+    def _control(self, msg) -> None:
+        super()._control(msg)
+        if isinstance(msg, Start):
+            self.runner.bench_clock = self.clock
+
+    async def run(self, reader) -> None:
+        """liu's run; with a model scorer, its counts are published while it runs (off the event path)."""
+        if self.setup.ml_counts is None or self._scorer() is None:
+            await super().run(reader)
+            return
+        task = asyncio.create_task(self._publish_ml())
+        try:
+            await super().run(reader)
+        finally:
+            task.cancel()
+            self._write_ml()
+
+    async def _publish_ml(self) -> None:
+        while True:
+            self._write_ml()
+            await asyncio.sleep(0.05)
+
+    def _write_ml(self) -> None:
+        out, base = self.setup.ml_counts, self.setup.index * len(ML_FIELDS)
+        totals = [0] * len(ML_FIELDS)
+        for m in self._scorer().models.values():
+            totals[0] += m.bars
+            totals[1] += m.warming
+            totals[2] += sum(m.scored.values())
+            totals[3] += m.errors
+        out[base : base + len(ML_FIELDS)] = totals
 
     def report(self):
         rep = super().report()

@@ -2,6 +2,7 @@
 
 Reproduce:  .venv/bin/python benchmarks/live_path.py [--json PATH] [--consumers 1] [--symbols 500]
                 [--seconds 3] [--rates 50k,100k,...] [--baseline-rates ...] [--no-cold-start] [--profile]
+                [--strategy plain|ml|both] [--speed N]
 
 Processes are wired exactly as liu/daemon.py does (forkserver context, one Pipe(duplex=False) per
 consumer, Subscribe(Assign(all symbols)), wait for "subscribed", Start(ClockSpec) to the producer,
@@ -12,6 +13,13 @@ Figures: highest sustained offered rate (every event consumed, queue depth not g
 drops at --stale-after), p50/p99 latency from producer receive to the strategy callback at 80 % of
 that rate, stale drops, consumer RSS, cold start of `trader`, and the same ramp for the
 one-`mp.Queue.put`-per-event baseline (see benchmarks/_baseline.py).
+
+ML (`--strategy ml|both`): the same ramp with `LiveBenchML`, whose tradeplan entry names a model
+(`models = [{spec, version = 1}]`): a 100-tree GradientBoostingClassifier on the 12 features of
+models/sma_rsi.toml, trained here on synthetic bars (benchmarks/_ml_bench.py). liu's consumers load it
+(pinned, no database) and score it at every bar close. `--speed N` runs the market clock N× wall time so
+bars close often (each active symbol closes a minute bar every 60/N s); `stale_after` is then scaled by N
+so that it still means --stale-after seconds of wall time. Defaults (plain, speed 1) are the old run.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from _baseline import (  # noqa: E402
+    ML_FIELDS,
     BenchSetup,
     baseline_consumer_main,
     baseline_producer_main,
@@ -97,24 +106,39 @@ class Pipeline:
     """Server + producer + N consumers, liu's transport or the Queue baseline."""
 
     def __init__(
-        self, mode: str, consumers: int, symbols: int, batch: int, stale_after: float, work: bool = True
+        self,
+        mode: str,
+        consumers: int,
+        symbols: int,
+        batch: int,
+        stale_after: float,
+        work: bool = True,
+        speed: float = 1.0,
+        model: dict | None = None,
     ) -> None:
+        """`model` (from _ml_bench.BenchModel.as_dict): run LiveBenchML with it; `speed`: market clock × wall."""
         self.mode = mode
         self.n = consumers
+        self.speed = speed
+        self.ml = model is not None
         ctx = self.ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(["liu.consumer", "liu.producer", "liu.sources.server", "_baseline"])
+        entry = {
+            "name": "bench",
+            "file": STRATEGY,
+            "class": "LiveBench",
+            "config": {"warm_symbols": symbols, "work": work},
+        }
+        if model is not None:
+            entry["class"] = "LiveBenchML"
+            entry["config"]["model"] = model["name"]
+            entry["models"] = [{"spec": model["spec_path"], "version": model["version"]}]
         self.plan = parse_plan(
             {
-                "consumers": {"count": consumers, "stale_after": stale_after},
+                # stale_after is data time: scaled by the speed, it stays `stale_after` seconds of wall time
+                "consumers": {"count": consumers, "stale_after": stale_after * speed},
                 "source": {"kind": "sim", "symbols": symbols, "batch": batch, "bars": "trades"},
-                "strategies": [
-                    {
-                        "name": "bench",
-                        "file": STRATEGY,
-                        "class": "LiveBench",
-                        "config": {"warm_symbols": symbols, "work": work},
-                    }
-                ],
+                "strategies": [entry],
             },
             source="live_path benchmark",
         )
@@ -133,12 +157,21 @@ class Pipeline:
         url = f"ws://127.0.0.1:{port}"
         self.stats = SharedStats(consumers, ctx)
         self.control = ctx.RawArray("q", 2)
+        self.ml_counts = ctx.RawArray("q", len(ML_FIELDS) * consumers) if self.ml else None
         self.account = Account(self.plan.broker.cash, shared=True, ctx=ctx)
         self.consumers, self.results, chans = [], [], []
         for i in range(consumers):
             res_r, res_w = ctx.Pipe(duplex=False)
             setup = BenchSetup(
-                i, self.plan, "benchbatch", {}, None, self.account, self.stats, control=self.control
+                i,
+                self.plan,
+                "benchbatch",
+                {},
+                None,
+                self.account,
+                self.stats,
+                control=self.control,
+                ml_counts=self.ml_counts,
             )
             if mode == "liu":
                 r, w = ctx.Pipe(duplex=False)
@@ -174,12 +207,38 @@ class Pipeline:
         msg = self.ctl.recv()
         if msg[0] != "subscribed":
             raise RuntimeError(f"producer: {msg}")
+        self.wait_ready(120 if self.ml else 60)
         now = time.time_ns()
-        spec = ClockSpec(now, now, 1.0)  # data time = wall time: trade.ts is the server's send time
+        # speed 1: data time = wall time, so trade.ts is the server's send time
+        spec = ClockSpec(now, now, speed)
         self.ctl.send(Start(spec))
         self.server_conn.send(("start", spec))
 
+    def wait_ready(self, timeout: float) -> None:
+        """Every consumer sends ("ready", i) once its runner (strategies, models) is built, as in the daemon."""
+        if self.mode == "queue":  # the baseline consumer sends no "ready"
+            return
+        for i, (conn, p) in enumerate(zip(self.results, self.consumers, strict=True)):
+            if not conn.poll(timeout):
+                raise RuntimeError(f"consumer {i} not ready after {timeout}s (exit code {p.exitcode})")
+            try:
+                msg = conn.recv()
+            except EOFError:
+                raise RuntimeError(f"consumer {i} exited during start-up (exit code {p.exitcode})") from None
+            if not (isinstance(msg, tuple) and msg[0] == "ready"):
+                raise RuntimeError(f"consumer {i}: expected ready, got {msg!r}")
+
     # -- measuring -------------------------------------------------------
+    def ml_totals(self) -> dict[str, int]:
+        """The model scorers' counts (ML_FIELDS) summed over consumers, as last published (every 50 ms)."""
+        a, k = self.ml_counts, len(ML_FIELDS)
+        return {f: sum(a[i * k + j] for i in range(self.n)) for j, f in enumerate(ML_FIELDS)}
+
+    def wait_bars(self) -> None:
+        """Let the consumers close the last open minute bars (flush_bars: minute end + 2 s of data time,
+        checked every 250 ms), so a step's bars are counted in that step."""
+        time.sleep(min(62 / self.speed + 0.35, 5.0))
+
     def depth(self) -> tuple[int, int, int, int]:
         """(sent, received, processed+stale, backlog) summed over consumers."""
         sent = rec = done = back = 0
@@ -228,6 +287,7 @@ class Pipeline:
     def step(self, rate: int, seconds: float, step_id: int, stride: int) -> dict:
         self.settle()
         before = self.totals()
+        m0 = self.ml_totals() if self.ml else None
         self.control[1] = stride
         self.control[0] = step_id
         load0 = loadavg()
@@ -248,6 +308,9 @@ class Pipeline:
         ok_drain = self.settle()
         drain = time.monotonic() - t1 - 0.1  # settle() waits 0.1 s of quiet
         cpu2 = {k: cpu_s(pid) for k, pid in procs.items()}
+        if self.ml:
+            self.wait_bars()
+            m1 = self.ml_totals()
         # CPU share of one core during the step, and CPU µs per event including the drain
         cpu_share = {k: round((cpu1[k] - cpu0[k]) / (t1 - t0), 2) for k in procs}
         after = self.totals()
@@ -273,7 +336,7 @@ class Pipeline:
             and end_depth <= 0.1 * rate
             and grow <= 0.02 * rate
         )
-        return {
+        out = {
             "target_rate": rate,
             "offered": offered,
             "seconds": round(dur, 3),
@@ -291,6 +354,10 @@ class Pipeline:
             "cpu_us_per_event": {k: round((cpu2[k] - cpu0[k]) / max(offered, 1) * 1e6, 2) for k in procs},
             "sustained": bool(sustained),
         }
+        if self.ml:
+            dm = {f"ml_{k}": m1[k] - m0[k] for k in m1}
+            out |= dm | {"ml_scored_per_s": round(dm["ml_scored"] / dur, 1)}
+        return out
 
     def pids(self) -> dict[str, int | list[int]]:
         return {
@@ -420,14 +487,28 @@ def profile(pids: dict[str, int], seconds: float) -> dict:
     return result
 
 
-def ramp(mode: str, rates: list[int], args, latency: bool, prof: bool) -> dict:
+def ramp(mode: str, rates: list[int], args, latency: bool, prof: bool, model: dict | None = None) -> dict:
+    """Step the offered rate up until two steps in a row are not sustained; `model`: the ML strategy."""
     t_start = time.monotonic()
-    pipe = Pipeline(mode, args.consumers, args.symbols, args.batch, args.stale_after, not args.no_work)
-    out: dict = {"mode": mode, "steps": []}
+    pipe = Pipeline(
+        mode,
+        args.consumers,
+        args.symbols,
+        args.batch,
+        args.stale_after,
+        not args.no_work,
+        speed=args.speed,
+        model=model,
+    )
+    label = f"{mode}+ml" if model else mode
+    out: dict = {"mode": mode, "strategy": "ml" if model else "plain", "speed": args.speed, "steps": []}
     try:
         pipe.set_rate(20_000)  # warm up: every symbol's indicators open, caches filled
         time.sleep(1.0)
         pipe.set_rate(0)
+        if pipe.ml:  # the warm-up's last bars close before the first step counts
+            pipe.settle()
+            pipe.wait_bars()
         best = 0
         step_id = 0
         failures = 0
@@ -436,7 +517,7 @@ def ramp(mode: str, rates: list[int], args, latency: bool, prof: bool) -> dict:
             r = pipe.step(rate, args.seconds, step_id, 64)
             out["steps"].append(r)
             print(
-                f"  [{mode}] {rate:>7,}/s offered {r['offered_rate']:>7,}/s processed {r['processed']:>8,}"
+                f"  [{label}] {rate:>7,}/s offered {r['offered_rate']:>7,}/s processed {r['processed']:>8,}"
                 f"/{r['offered']:<8,} stale {r['stale']:<6} depth end {r['end_depth_events']:<7} "
                 f"growth {r['depth_growth_per_s']:>7}/s drain {r['drain_s']:.2f}s load {r['loadavg']:.1f} "
                 f"{'OK' if r['sustained'] else 'NOT sustained'}",
@@ -449,6 +530,13 @@ def ramp(mode: str, rates: list[int], args, latency: bool, prof: bool) -> dict:
                 + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_us_per_event"].items()),
                 flush=True,
             )
+            if pipe.ml:
+                print(
+                    f"      ML: {r['ml_bars']:,} bar closes, {r['ml_scored']:,} scored "
+                    f"({r['ml_scored_per_s']:,.0f}/s of feed time), {r['ml_warming']:,} warming up, "
+                    f"{r['ml_errors']} errors",
+                    flush=True,
+                )
             if r["sustained"]:
                 best = rate
                 failures = 0
@@ -457,6 +545,10 @@ def ramp(mode: str, rates: list[int], args, latency: bool, prof: bool) -> dict:
                 if failures >= 2:  # one retry: the machine is shared
                     break
         out["sustained_rate"] = best
+        if pipe.ml:
+            at = [s for s in out["steps"] if s["sustained"] and s["target_rate"] == best]
+            out["ml_scored_per_s_at_sustained"] = at[-1]["ml_scored_per_s"] if at else 0.0
+            out["ml_scored_per_s_max"] = max((s["ml_scored_per_s"] for s in out["steps"]), default=0.0)
         if latency and best:
             lat_rate = int(0.8 * best)
             step_id += 1
@@ -480,6 +572,8 @@ def ramp(mode: str, rates: list[int], args, latency: bool, prof: bool) -> dict:
     out["processed_total"] = sum(r.processed for r in reports)
     out["strategy_errors"] = sum(r.strategy_errors for r in reports)
     out["consumer_gc"] = [getattr(r, "bench_gc", None) for r in reports]  # gen: [count, total s, max s]
+    if model:  # the consumers' own scorer counts for the whole run (ConsumerReport.strategies)
+        out["ml_models"] = [r.strategies.get("bench", {}).get("models") for r in reports]
     if "latency_step_id" in out:
         out["latency"] = latency_stats(reports, out.pop("latency_step_id"))
     out["wall_s"] = round(time.monotonic() - t_start, 1)
@@ -581,7 +675,21 @@ def main() -> int:
     p.add_argument(
         "--profile", action="store_true", help="py-spy the producer and a consumer at the sustained rate"
     )
+    p.add_argument(
+        "--strategy",
+        choices=("plain", "ml", "both"),
+        default="plain",
+        help="plain: LiveBench; ml: LiveBench + a 100-tree GB ONNX model scored at each bar close; both: each, same run",
+    )
+    p.add_argument(
+        "--speed",
+        type=float,
+        default=1.0,
+        help="market clock speed (× wall time); e.g. 120 closes each symbol's minute bar every 0.5 s",
+    )
     args = p.parse_args()
+    if args.speed <= 0:
+        p.error("--speed must be positive")
     cmd = shlex.join([".venv/bin/python", "benchmarks/live_path.py", *sys.argv[1:]])
     t0 = time.monotonic()
     res: dict = {
@@ -593,10 +701,47 @@ def main() -> int:
     }
     print(
         f"live path: {args.consumers} consumer(s), {args.symbols} symbols, {args.seconds}s steps; "
-        f"load {res['loadavg_start']}",
+        f"load {res['loadavg_start']}"
+        + (
+            f"; strategy {args.strategy}, speed {args.speed:g}×"
+            if args.strategy != "plain" or args.speed != 1
+            else ""
+        ),
         flush=True,
     )
-    res["liu"] = ramp("liu", _rates(args.rates), args, latency=True, prof=args.profile)
+    model = None
+    work = None
+    if args.strategy != "plain":
+        work = tempfile.TemporaryDirectory(prefix="liu-mlbench-")
+        from _ml_bench import prepare
+
+        model = prepare(Path(work.name)).as_dict()
+        print(
+            f"model: {model['estimator']} {model['trees']} stages, classes {model['classes']}, "
+            f"{model['features']} features (lookback {model['lookback']} bars), trained on "
+            f"{model['train_rows']:,} synthetic rows in {model['train_s']} s → {model['path']}",
+            flush=True,
+        )
+        res["model"] = model
+    try:
+        if args.strategy in ("plain", "both"):
+            res["liu"] = ramp("liu", _rates(args.rates), args, latency=True, prof=args.profile)
+        if model is not None:
+            res["liu_ml"] = ramp(
+                "liu", _rates(args.rates), args, latency=True, prof=args.profile, model=model
+            )
+    finally:
+        if work is not None:
+            work.cleanup()
+    if "liu" in res and "liu_ml" in res:
+        plain, ml = res["liu"]["sustained_rate"], res["liu_ml"]["sustained_rate"]
+        res["ml_vs_plain"] = {
+            "speed": args.speed,
+            "sustained_plain": plain,
+            "sustained_ml": ml,
+            "ratio_ml_over_plain": round(ml / plain, 3) if plain else None,
+            "ml_scored_per_s_at_sustained": res["liu_ml"].get("ml_scored_per_s_at_sustained"),
+        }
     if not args.no_baseline:
         res["baseline"] = ramp("queue", _rates(args.baseline_rates), args, latency=True, prof=args.profile)
     if not args.no_cold_start:
@@ -613,10 +758,48 @@ def main() -> int:
 
 
 def report(res: dict) -> None:
-    liu = res["liu"]
     print()
     print(f"== {res['date']}, {res['machine']}, load {res['loadavg_start']} → {res['loadavg_end']}")
     print(f"command: {res['command']}")
+    if "liu" in res:
+        report_ramp(res, res["liu"])
+    if "liu_ml" in res:
+        report_ml(res)
+    report_rest(res)
+
+
+def report_ml(res: dict) -> None:
+    ml, m = res["liu_ml"], res["model"]
+    print(
+        f"ML strategy (LiveBenchML + {m['name']} v{m['version']}: {m['estimator']}, {m['trees']} stages, "
+        f"{len(m['classes'])} classes, {m['features']} features, scored at each bar close), market clock "
+        f"{res['params']['speed']:g}× wall time:"
+    )
+    print(
+        f"7. sustained (liu, ML): {ml['sustained_rate']:,} events/s; bar closes scored at that rate "
+        f"{ml.get('ml_scored_per_s_at_sustained', 0):,.0f}/s (max over steps {ml.get('ml_scored_per_s_max', 0):,.0f}/s)"
+    )
+    lat = ml.get("latency", {})
+    if lat.get("samples"):
+        print(
+            f"   latency at {ml['latency_step']['target_rate']:,}/s (producer recv → on_trade): "
+            f"p50 {lat['p50_us']:.0f} µs, p99 {lat['p99_us']:.0f} µs ({lat['samples']:,} events)"
+        )
+    errors = sum(s.get("ml_errors", 0) for s in ml["steps"])
+    print(
+        f"   stale drops {ml['stale_total']:,}, model errors {errors}, strategy errors {ml['strategy_errors']}, "
+        f"consumer RSS {[round(k / 1024, 1) for k in ml['consumer_rss_kb']]} MiB"
+    )
+    vs = res.get("ml_vs_plain")
+    if vs:
+        ratio = vs["ratio_ml_over_plain"]
+        print(
+            f"8. same run, same speed: plain {vs['sustained_plain']:,} events/s, ML {vs['sustained_ml']:,} "
+            f"events/s, ML/plain = {'n/a' if ratio is None else f'{ratio:.2f}×'}"
+        )
+
+
+def report_ramp(res: dict, liu: dict) -> None:
     print(f"1. sustained (liu): {liu['sustained_rate']:,} events/s")
     lat = liu.get("latency", {})
     if lat.get("samples"):
@@ -643,6 +826,10 @@ def report(res: dict) -> None:
         f"4. consumer RSS: {[round(k / 1024, 1) for k in liu['consumer_rss_kb']]} MiB "
         f"(producer {liu['producer_rss_kb'] / 1024:.1f} MiB)"
     )
+
+
+def report_rest(res: dict) -> None:
+    liu = res.get("liu")
     cs = res.get("cold_start")
     if cs:
         print(
@@ -656,7 +843,7 @@ def report(res: dict) -> None:
                 f"{c['spawn_to_clock_s']} s), exit {c['exit_after_sigint_s']} s after SIGINT, code {c['exit_code']}"
             )
     base = res.get("baseline")
-    if base:
+    if base and liu:
         ratio = liu["sustained_rate"] / base["sustained_rate"] if base["sustained_rate"] else float("inf")
         bl = base.get("latency", {})
         print(
@@ -668,7 +855,7 @@ def report(res: dict) -> None:
                 else ""
             )
         )
-    for name in ("liu", "baseline"):
+    for name in ("liu", "liu_ml", "baseline"):
         prof = res.get(name, {}).get("profile")
         if prof:
             for proc, d in prof.items():
