@@ -3,9 +3,14 @@
 Each spec feature becomes one node. A TA-Lib node holds the function name, its full parameter set, its
 input names and its output index; the batch path calls the TA-Lib function on arrays and the stream path
 builds a `talib.stream` object from the very same fields (bit-identical results, per TA-Lib). A derived
-node is one array function in `DERIVED`; batch applies it to whole arrays, the stream applies it to the
-tail ring of its inputs and keeps the last element. So there is nothing to keep in sync by hand: a test
-checks `np.array_equal(stream rows, batch rows)` on real bars anyway.
+node is one elementwise function in `DERIVED`; batch applies it to whole arrays, the stream to the plain
+Python floats of one bar (the same IEEE double operations, so the same bits). So there is nothing to keep
+in sync by hand: a test checks `np.array_equal(stream rows, batch rows)` on real bars anyway.
+
+The stream runs once per bar per symbol in every consumer, so it is compiled: the pipeline writes the
+spec's evaluation order once as a straight-line Python function (`FeaturePipeline.stream_source`: one
+line per TA-Lib call or derived kernel, values in local variables) and each stream binds it to its own
+talib.stream objects and rings. That is about 3× faster than walking a list of nodes with a value buffer.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import array
 import hashlib
 import json
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -25,7 +31,6 @@ from talib import abstract
 from liu.ml.spec import COLUMNS, DerivedFeature, ModelSpec, TaFeature
 
 NAN = float("nan")
-_INF = float("inf")
 
 
 def shift(x: np.ndarray, n: int) -> np.ndarray:
@@ -36,8 +41,7 @@ def shift(x: np.ndarray, n: int) -> np.ndarray:
 
 
 # kind -> (elementwise kernel, whether its second operand is the first input n bars ago).
-# The kernel is the one definition: batch applies it to whole arrays, the stream to np.float64 scalars
-# (the same IEEE operations, so the same bits).
+# The kernel is the one definition: batch applies it to whole arrays, the stream to Python floats.
 DERIVED: dict[str, tuple[Callable[[Any, Any], Any], bool]] = {
     "diff": (lambda a, b: a - b, False),
     "ratio": (lambda a, b: a / b, False),
@@ -68,10 +72,6 @@ class FeaturePipeline:
         self.names: list[str] = [f.name for f in self.features]
         self.width: int = len(self.names)
         self.spec_hash: str = spec_hash(spec)
-        # Value slots: the 5 bar columns, then each feature in order.
-        self._slot = {c: i for i, c in enumerate(COLUMNS)}
-        for i, f in enumerate(self.features):
-            self._slot[f.name] = len(COLUMNS) + i
         first = dict.fromkeys(COLUMNS, 0)  # index of each name's first non-NaN row
         for f in self.features:
             start = max(first[r] for r in f.refs)
@@ -81,12 +81,15 @@ class FeaturePipeline:
                 first[f.name] = start + window(f.kind, f.n) - 1
         self.first_valid = {f.name: first[f.name] for f in self.features}
         self.lookback: int = max(self.first_valid.values())
-        # Rings: how many recent values of each slot the lagged derived features look at.
-        self._window: dict[int, int] = {}
+        # Rings: how many recent values of each name the lagged derived features look at.
+        self._window: dict[str, int] = {}
         for f in self.features:
             if isinstance(f, DerivedFeature) and DERIVED[f.kind][1]:
-                s = self._slot[f.refs[0]]
-                self._window[s] = max(self._window.get(s, 1), window(f.kind, f.n))
+                r = f.refs[0]
+                self._window[r] = max(self._window.get(r, 1), window(f.kind, f.n))
+        self._calls, self.stream_source = _stream_program(self)
+        self._code = compile(self.stream_source, f"<liu.ml.pipeline stream of {spec.name!r}>", "exec")
+        self._pack = struct.Struct(f"={self.width}d").pack_into
 
     # ------------------------------------------------------------------ batch
 
@@ -140,96 +143,54 @@ def _ta_batch(f: TaFeature, ins: list[np.ndarray], n: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------- stream
-# Every value of one stream lives in one float64 buffer: the 5 bar columns, then each feature in spec order.
-# Steps read and write it through a memoryview, which stores any number as a C double and reads back plain
-# Python floats (no numpy scalar per operation), and the feature part of it is also a numpy row, copied
-# once per bar. A step is a closure over slot indices and bound `.update`/`.append` methods.
-
-Step = Callable[[memoryview], None]
 
 
-class _TaNode:
-    """Streaming state of one TA-Lib call, built from the same TaFeature fields the batch path uses.
+def _stream_program(pipe: FeaturePipeline) -> tuple[list[TaFeature], str]:
+    """The TA-Lib calls of one bar (features sharing function, params and inputs share one call, e.g.
+    two outputs of one MACD) and the source of `update(o, h, l, c, v) -> row`, in spec order.
 
-    Features with the same function, parameters and inputs (e.g. two outputs of one MACD) share one
-    node, so the call runs once per bar. Until its inputs have been defined for `lookback + 1` bars the
-    node keeps their history (TA-Lib skips leading NaNs in batch); then it builds the talib.stream object
-    from that history and puts its hot step in its place in the stream's step list.
+    Names in the source: o h l c v (the bar), f<i> (feature i), ta<j> (call j: a talib.stream `.update`),
+    ring_<x>/push_<x> (the last values of x and their `append`), one function per derived kind (the
+    `DERIVED` kernel itself), quiet, pack, buf, row. Only indices and kind names are written into the
+    code; feature names appear as repr() comments.
     """
-
-    def __init__(self, f: TaFeature, ins: list[int], steps: list[Step], at: int) -> None:
-        self.feature = f
-        self.ins = ins
-        self.outs: list[tuple[int, int]] = []  # (output index or -1 for single-output functions, slot)
-        self.multi = len(abstract.Function(f.function).info["output_names"]) > 1
-        self.lookback = abstract.Function(f.function, **f.params).lookback
-        self.history: list[list[float]] = [[] for _ in ins]
-        self.valid = 0  # bars since the first bar with every input defined
-        self.steps, self.at = steps, at  # where this node's step sits in the stream's step list
-
-    def add(self, f: TaFeature, slot: int) -> None:
-        self.outs.append((f.output_index if self.multi else -1, slot))
-
-    def warm(self, mv: memoryview) -> None:
-        """Warm-up step: collect input history; build the stream object once there is enough."""
-        xs = [mv[i] for i in self.ins]
-        for h, x in zip(self.history, xs, strict=True):
-            h.append(x)
-        if self.valid or not any(x != x for x in xs):
-            self.valid += 1
-        if self.valid <= self.lookback:
-            for _, s in self.outs:
-                mv[s] = NAN
-            return
-        f = self.feature
-        obj = getattr(tstream, f.function)(
-            *(np.asarray(h, dtype=np.float64) for h in self.history), **f.params
-        )
-        self.history = []
-        value = obj.value
-        for k, s in self.outs:
-            mv[s] = value if k < 0 else value[k]
-        self.steps[self.at] = self._hot(obj.update)
-
-    def _hot(self, update: Callable[..., Any]) -> Step:
-        """The per-bar step: one `update` call, its outputs written to their slots."""
-        ins, outs = self.ins, self.outs
-        if len(outs) > 1:
-
-            def many(mv: memoryview) -> None:
-                r = update(*[mv[i] for i in ins])
-                for k, s in outs:
-                    mv[s] = r[k]
-
-            return many
-        (k, s), n = outs[0], len(ins)
-        if n == 1 and k < 0:
-            (a,) = ins
-
-            def one(mv: memoryview) -> None:
-                mv[s] = update(mv[a])
-
-            return one
-        if n == 1:
-            (a,) = ins
-
-            def one_of(mv: memoryview) -> None:
-                mv[s] = update(mv[a])[k]
-
-            return one_of
-        if n == 3 and k < 0:
-            a, b, c = ins
-
-            def three(mv: memoryview) -> None:
-                mv[s] = update(mv[a], mv[b], mv[c])
-
-            return three
-
-        def general(mv: memoryview) -> None:
-            r = update(*[mv[i] for i in ins])
-            mv[s] = r if k < 0 else r[k]
-
-        return general
+    var = {c: c[0] for c in COLUMNS}
+    used = [var[c] for c in COLUMNS if any(c in f.refs for f in pipe.features)]
+    lines = ["def update(o, h, l, c, v):"]
+    if used:  # plain floats for the derived kernels (np.float64 would do numpy scalar math)
+        lines.append(f"    {', '.join(used)} = {', '.join(f'float({x})' for x in used)}")
+    lines += [f"    push_{var[c]}({var[c]})" for c in COLUMNS if c in pipe._window]
+    calls: list[TaFeature] = []
+    result: dict[str, str] = {}  # call key -> the variable holding its result
+    for i, f in enumerate(pipe.features):
+        x = var[f.name] = f"f{i}"
+        args = ", ".join(var[r] for r in f.refs)
+        lines.append(f"    # {f.name!r}")
+        if isinstance(f, TaFeature):
+            multi = len(abstract.Function(f.function).info["output_names"]) > 1
+            key = json.dumps([f.function, f.params, f.refs], sort_keys=True)
+            if key not in result:
+                result[key] = f"r{len(calls)}" if multi else x
+                lines.append(f"    {result[key]} = ta{len(calls)}({args})")
+                calls.append(f)
+            if multi:
+                lines.append(f"    {x} = {result[key]}[{f.output_index}]")
+            elif result[key] != x:
+                lines.append(f"    {x} = {result[key]}")
+        else:
+            a = var[f.refs[0]]
+            b = f"ring_{a}[{-1 - f.n}]" if DERIVED[f.kind][1] else var[f.refs[1]]
+            lines += [
+                "    try:",
+                f"        {x} = {f.kind}({a}, {b})",
+                "    except ArithmeticError:  # x / 0.0: Python raises, numpy gives inf or NaN",
+                f"        {x} = quiet({f.kind}, {a}, {b})",
+            ]
+        if f.name in pipe._window:
+            lines.append(f"    push_{x}({x})")
+    outs = ", ".join(var[n] for n in pipe.names)
+    lines += [f"    pack(buf, 0, {outs})", "    return row.copy()", ""]
+    return calls, "\n".join(lines)
 
 
 def _quiet(kernel: Callable[[Any, Any], Any], x: float, y: float) -> float:
@@ -238,38 +199,34 @@ def _quiet(kernel: Callable[[Any, Any], Any], x: float, y: float) -> float:
         return float(kernel(np.float64(x), np.float64(y)))
 
 
-def _derived_step(kernel: Callable[[Any, Any], Any], a: int, b: int, out: int) -> Step:
-    """out = kernel(slot a, slot b) on Python floats (the same IEEE operations as numpy's, so the same bits)."""
+class _TaNode:
+    """Warm-up of one TA-Lib call: NaN until its inputs have been defined for `lookback + 1` bars (TA-Lib
+    skips leading NaNs in batch), then the talib.stream object built from that input history."""
 
-    def step(mv: memoryview) -> None:
-        x, y = mv[a], mv[b]
-        try:
-            mv[out] = kernel(x, y)
-        except ArithmeticError:  # x / 0.0 (Python raises; numpy gives ±inf or NaN)
-            mv[out] = _quiet(kernel, x, y)
+    def __init__(self, f: TaFeature) -> None:
+        self.feature = f
+        self.lookback = abstract.Function(f.function, **f.params).lookback
+        n_out = len(abstract.Function(f.function).info["output_names"])
+        self.nan: Any = (NAN,) * n_out if n_out > 1 else NAN
+        self.history: list[list[float]] = [[] for _ in f.refs]
+        self.valid = 0  # bars since the first bar with every input defined
+        self.obj: Any = None
 
-    return step
-
-
-def _lagged_step(kernel: Callable[[Any, Any], Any], a: int, ring: deque[float], n: int, out: int) -> Step:
-    """out = kernel(slot a now, slot a n bars ago); `ring` holds slot a's last values, the current one last."""
-    back = -1 - n
-
-    def step(mv: memoryview) -> None:
-        x, y = mv[a], ring[back]
-        try:
-            mv[out] = kernel(x, y)
-        except ArithmeticError:
-            mv[out] = _quiet(kernel, x, y)
-
-    return step
-
-
-def _push_step(append: Callable[[float], None], slot: int) -> Step:
-    def step(mv: memoryview) -> None:
-        append(mv[slot])
-
-    return step
+    def __call__(self, *xs: float) -> Any:
+        if self.obj is not None:
+            return self.obj.update(*xs)
+        for h, x in zip(self.history, xs, strict=True):
+            h.append(x)
+        if self.valid or not any(x != x for x in xs):
+            self.valid += 1
+        if self.valid <= self.lookback:
+            return self.nan
+        f = self.feature
+        self.obj = getattr(tstream, f.function)(
+            *(np.asarray(h, dtype=np.float64) for h in self.history), **f.params
+        )
+        self.history = []
+        return self.obj.value
 
 
 class FeatureStream:
@@ -281,44 +238,39 @@ class FeatureStream:
         self.width = pipeline.width
         self.bars = 0
         self._lookback = pipeline.lookback
-        ncol = len(COLUMNS)
-        self._buf = array.array("d", [NAN] * (ncol + pipeline.width))
-        self._mv = memoryview(self._buf)
-        self._row = np.frombuffer(self._buf, dtype=np.float64, offset=ncol * 8)
-        slot = pipeline._slot
-        # Rings: the last `window` values of each slot a lagged feature reads (NaN before they exist).
-        rings = {s: deque([NAN] * w, maxlen=w) for s, w in pipeline._window.items()}
-        self._col_rings = [(s, r.append) for s, r in rings.items() if s < ncol]
-        self._steps: list[Step] = []
-        nodes: dict[str, _TaNode] = {}
-        for i, f in enumerate(pipeline.features):
-            out = ncol + i
-            ins = [slot[r] for r in f.refs]
-            if isinstance(f, TaFeature):
-                key = json.dumps([f.function, f.params, ins], sort_keys=True)
-                if key not in nodes:
-                    nodes[key] = node = _TaNode(f, ins, self._steps, len(self._steps))
-                    self._steps.append(node.warm)
-                nodes[key].add(f, out)
-            else:
-                kernel, lagged = DERIVED[f.kind]
-                if lagged:
-                    self._steps.append(_lagged_step(kernel, ins[0], rings[ins[0]], f.n, out))
-                else:
-                    self._steps.append(_derived_step(kernel, ins[0], ins[1], out))
-            if out in rings:
-                # A shared TA node writes this slot at its own (earlier) step, so pushing here is in time.
-                self._steps.append(_push_step(rings[out].append, out))
+        self._nodes = [_TaNode(f) for f in pipeline._calls]
+        buf = array.array("d", [NAN] * pipeline.width)
+        self._ns: dict[str, Any] = {
+            "quiet": _quiet,
+            "pack": pipeline._pack,
+            "buf": buf,
+            "row": np.frombuffer(buf, dtype=np.float64),
+            **{kind: kernel for kind, (kernel, _) in DERIVED.items()},
+        }
+        var = {c: c[0] for c in COLUMNS} | {n: f"f{i}" for i, n in enumerate(pipeline.names)}
+        for name, w in pipeline._window.items():  # the last w values of `name` (NaN before they exist)
+            ring = deque([NAN] * w, maxlen=w)
+            self._ns[f"ring_{var[name]}"], self._ns[f"push_{var[name]}"] = ring, ring.append
+        self._warm = self._bind(self._nodes)
+        self._run: Callable[..., np.ndarray | None] = self._warm_up
+
+    def _bind(self, calls: list[Callable[..., Any]]) -> Callable[..., np.ndarray]:
+        ns = self._ns | {f"ta{j}": call for j, call in enumerate(calls)}
+        exec(self.pipeline._code, ns)  # noqa: S102 - code generated by _stream_program from the spec
+        return ns["update"]
 
     def update(self, o: float, h: float, l: float, c: float, v: float) -> np.ndarray | None:  # noqa: E741
         """Feed one closed bar; the float64 feature row for it (a fresh array), or None while warming up."""
-        mv = self._mv
-        mv[0], mv[1], mv[2], mv[3], mv[4] = o, h, l, c, v
-        for s, append in self._col_rings:
-            append(mv[s])
-        for step in self._steps:
-            step(mv)
         self.bars += 1
+        return self._run(o, h, l, c, v)
+
+    def _warm_up(self, o: float, h: float, l: float, c: float, v: float) -> np.ndarray | None:  # noqa: E741
+        """`update` until warm-up is over and every TA-Lib call has its stream object; then `update` runs
+        the same compiled source bound straight to the objects' `.update` methods (same state, same
+        rings): no per-bar bookkeeping is left on the hot path."""
+        row = self._warm(o, h, l, c, v)
         if self.bars <= self._lookback:
             return None
-        return self._row.copy()
+        if all(n.obj is not None for n in self._nodes):
+            self._run = self._bind([n.obj.update for n in self._nodes])
+        return row
