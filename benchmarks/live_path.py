@@ -741,6 +741,7 @@ def main() -> int:
             "sustained_ml": ml,
             "ratio_ml_over_plain": round(ml / plain, 3) if plain else None,
             "ml_scored_per_s_at_sustained": res["liu_ml"].get("ml_scored_per_s_at_sustained"),
+            "per_rate": cpu_per_bar(res["liu"]["steps"], res["liu_ml"]["steps"]),
         }
     if not args.no_baseline:
         res["baseline"] = ramp("queue", _rates(args.baseline_rates), args, latency=True, prof=args.profile)
@@ -766,6 +767,32 @@ def report(res: dict) -> None:
     if "liu_ml" in res:
         report_ml(res)
     report_rest(res)
+
+
+def cpu_per_bar(plain: list[dict], ml: list[dict]) -> list[dict]:
+    """Consumers' CPU per event, plain vs ML, at each rate both ramps ran; the difference per scored bar
+    is an estimate of what one bar close's features + ONNX run + on_bar cost in the consumer."""
+    out = []
+    by_rate = {s["target_rate"]: s for s in plain}
+    for m in ml:
+        p = by_rate.get(m["target_rate"])
+        if p is None:
+            continue
+        cp = sum(v for k, v in p["cpu_us_per_event"].items() if k.startswith("consumer"))
+        cm = sum(v for k, v in m["cpu_us_per_event"].items() if k.startswith("consumer"))
+        extra = (cm * m["offered"] - cp * p["offered"]) / m["ml_scored"] if m["ml_scored"] else None
+        out.append(
+            {
+                "target_rate": m["target_rate"],
+                "sustained_plain": p["sustained"],
+                "sustained_ml": m["sustained"],
+                "consumer_us_per_event_plain": round(cp, 2),
+                "consumer_us_per_event_ml": round(cm, 2),
+                "ml_scored_per_s": m["ml_scored_per_s"],
+                "extra_consumer_us_per_scored_bar": None if extra is None else round(extra, 1),
+            }
+        )
+    return out
 
 
 def report_ml(res: dict) -> None:
@@ -797,6 +824,14 @@ def report_ml(res: dict) -> None:
             f"8. same run, same speed: plain {vs['sustained_plain']:,} events/s, ML {vs['sustained_ml']:,} "
             f"events/s, ML/plain = {'n/a' if ratio is None else f'{ratio:.2f}×'}"
         )
+        for r in vs["per_rate"]:
+            extra = r["extra_consumer_us_per_scored_bar"]
+            print(
+                f"   at {r['target_rate']:,}/s: consumer CPU µs/event plain {r['consumer_us_per_event_plain']:.1f} "
+                f"({'OK' if r['sustained_plain'] else 'not sustained'}), ML {r['consumer_us_per_event_ml']:.1f} "
+                f"({'OK' if r['sustained_ml'] else 'not sustained'}) with {r['ml_scored_per_s']:,.0f} bars scored/s"
+                + ("" if extra is None else f" → ≈{extra:.0f} µs of consumer CPU per scored bar")
+            )
 
 
 def report_ramp(res: dict, liu: dict) -> None:
