@@ -100,7 +100,7 @@ class FeaturePipeline:
         for c in COLUMNS:
             col = bars.get(c)
             values[c] = np.full(n, NAN) if col is None else np.ascontiguousarray(col, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             for f in self.features:
                 ins = [values[r] for r in f.refs]
                 if isinstance(f, TaFeature):

@@ -50,11 +50,11 @@ def _spec(features: list[dict]):
 
 
 def _stream_rows(pipe: FeaturePipeline, bars: dict[str, np.ndarray]) -> tuple[np.ndarray, list[int]]:
-    st = pipe.stream()
+    update = pipe.stream().update  # bound once, as a consumer would: must stay right after warm-up
     rows = np.full((len(bars["close"]), pipe.width), np.nan)
     nones = []
     for i in range(len(bars["close"])):
-        row = st.update(*(bars[c][i] for c in COLS))
+        row = update(*(bars[c][i] for c in COLS))
         if row is None:
             nones.append(i)
         else:
@@ -143,3 +143,88 @@ def test_stream_equals_batch_through_zero_division() -> None:
     stream, _ = _stream_rows(pipe, bars)
     assert np.isinf(batch).any() and np.isnan(batch[pipe.lookback :]).any()
     assert np.array_equal(batch[pipe.lookback :], stream[pipe.lookback :], equal_nan=True)
+
+
+SPECIAL = [0.0, -0.0, 1.5, -2.0, np.nan, np.inf, -np.inf, 1e308, -1e-308, 5e-324]
+
+
+def test_each_derived_kind_matches_numpy_on_zero_nan_inf_and_extremes() -> None:
+    """Python floats raise on x/0 where numpy gives inf/NaN; overflow, underflow, NaN and signed zeros too."""
+    pairs = [(a, b) for a in SPECIAL for b in SPECIAL]
+    close = np.array([x for pair in pairs for x in pair])  # every ordered pair (a, b) is consecutive ...
+    opens = np.array([x for a, b in pairs for x in (b, a)])  # ... and is (close, open) on one bar
+    bars = {"open": opens, "high": close, "low": close, "close": close, "volume": np.ones(len(close))}
+    feats = [
+        {"name": "d", "kind": "diff", "of": ["close", "open"]},
+        {"name": "r", "kind": "ratio", "of": ["close", "open"]},
+        {"name": "ch1", "kind": "change", "of": ["close"], "n": 1},
+        {"name": "pc1", "kind": "pct_change", "of": ["close"], "n": 1},
+        {"name": "pc2", "kind": "pct_change", "of": ["close"], "n": 2},
+        {"name": "lag1", "kind": "lag", "of": ["close"], "n": 1},
+        {"name": "r_of_r", "kind": "ratio", "of": ["r", "pc1"]},
+    ]
+    pipe = FeaturePipeline(_spec(feats))
+    batch = pipe.batch(bars)
+    stream, nones = _stream_rows(pipe, bars)
+    assert nones == list(range(pipe.lookback))
+    b, s = batch[pipe.lookback :], stream[pipe.lookback :]
+    for j, name in enumerate(pipe.names):  # special results do occur in every column: the comparison bites
+        assert np.isnan(b[:, j]).any() and np.isinf(b[:, j]).any(), name
+    assert np.isposinf(b).any() and np.isneginf(b).any() and (b == 0).any()
+    assert np.array_equal(b, s, equal_nan=True)
+    both = ~np.isnan(b)
+    assert np.array_equal(np.signbit(b[both]), np.signbit(s[both]))  # -0.0 stays -0.0
+
+
+def test_outputs_of_one_talib_call_are_computed_once_and_match_batch() -> None:
+    macd = {"function": "MACD", "params": {"fastperiod": 6}}
+    feats = [
+        {"name": "m", **macd, "output": "macd"},
+        {"name": "bb_up", "function": "BBANDS", "output": "upperband"},
+        {"name": "m_hist", **macd, "output": "macdhist"},
+        {"name": "m_chg", "kind": "change", "of": ["m_hist"], "n": 2},
+        {"name": "m_sig", **macd, "output": "macdsignal"},
+        {"name": "bb_low", "function": "BBANDS", "output": "lowerband"},
+        {"name": "m_other", "function": "MACD", "output": "macdhist"},  # other params: its own call
+    ]
+    pipe = FeaturePipeline(_spec(feats))
+    assert pipe.stream_source.count(" = ta") == 3
+    raw = make_bars("M", 400, seed=3)
+    bars = {c: np.array([b[3 + k] for b in raw]) for k, c in enumerate(COLS)}
+    batch = pipe.batch(bars)
+    stream, _ = _stream_rows(pipe, bars)
+    assert not np.isnan(batch[pipe.lookback :]).any()
+    assert np.array_equal(batch[pipe.lookback :], stream[pipe.lookback :])
+
+
+def test_talib_input_that_starts_late_keeps_warming_after_the_lookback() -> None:
+    """TA-Lib skips leading NaNs: a node whose input is NaN well past the pipeline's lookback stays NaN
+    until its own lookback is over, in both paths, and mixed ints/np.float64 inputs change nothing."""
+    raw = make_bars("L", 200, seed=8)
+    bars = {c: np.array([b[3 + k] for b in raw]) for k, c in enumerate(COLS)}
+    bars["open"][:60] = np.nan
+    feats = [
+        {"name": "gap", "kind": "ratio", "of": ["close", "open"]},
+        {"name": "gap_sma", "function": "SMA", "inputs": ["gap"], "params": {"timeperiod": 5}},
+        {"name": "sma", "function": "SMA", "params": {"timeperiod": 5}},
+        {"name": "gap_sma_lag", "kind": "lag", "of": ["gap_sma"], "n": 1},
+    ]
+    pipe = FeaturePipeline(_spec(feats))
+    assert pipe.lookback < 60
+    batch = pipe.batch(bars)
+    st = pipe.stream()
+    for i in range(len(raw)):
+        row = st.update(float(bars["open"][i]), raw[i][4], raw[i][5], np.float64(raw[i][6]), int(raw[i][7]))
+        if i >= pipe.lookback:
+            assert np.array_equal(row, batch[i], equal_nan=True), i
+    assert np.isnan(batch[60 + 3, 1]) and not np.isnan(batch[60 + 5 :]).any()
+    assert st.bars == len(raw)
+
+
+def test_rows_are_fresh_arrays() -> None:
+    pipe = FeaturePipeline(_spec(ALL_KINDS[:3]))
+    st = pipe.stream()
+    rows = [st.update(*b[3:8]) for b in make_bars("F", 60, seed=2)]
+    kept = rows[-2].copy()
+    assert rows[-2] is not rows[-1] and not np.array_equal(rows[-2], rows[-1])
+    assert np.array_equal(rows[-2], kept)  # the next update did not overwrite it
