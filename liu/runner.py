@@ -320,7 +320,11 @@ class StrategyRunner:
     async def _close_bar(self, bar: Bar) -> None:
         self.features.add_bar(bar.symbol, bar.ts, bar.open, bar.high, bar.low, bar.close, bar.volume)
         for hook in self.bar_hooks:
-            hook(bar)
+            try:
+                hook(bar)
+            except Exception:  # a hook's own failure must not stop the strategies or the consumer
+                self.counts["strategy_errors"] += 1
+                log.exception("bar hook %r failed on %s at %d", hook, bar.symbol, bar.ts)
         route = self.routes.get(bar.symbol)
         if route:
             for slot in route if len(route) == 1 else list(route):  # a hook may reject (and unroute)

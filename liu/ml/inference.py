@@ -321,7 +321,19 @@ class ModelScorer:
             stream = g.streams.get(sym)
             if stream is None:
                 stream = g.streams[sym] = g.pipeline.stream()
-            row = stream.update(bar.open, bar.high, bar.low, bar.close, bar.volume)
+            try:
+                row = stream.update(bar.open, bar.high, bar.low, bar.close, bar.volume)
+            except Exception as e:  # noqa: BLE001 - e.g. a NaN reaching talib.stream: restart this symbol's
+                # features (they warm up again) rather than stop the consumer
+                g.streams[sym] = g.pipeline.stream()
+                log.error(
+                    "features of %s for %s failed at bar %d (%s); warming up again",
+                    sym,
+                    g.models[0].name,
+                    bar.ts,
+                    e,
+                )
+                row = None
             filled = False
             for m in g.models:
                 if self.routes is not None and not m.wants(route):

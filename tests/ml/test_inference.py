@@ -376,3 +376,27 @@ def test_scorer_alone_with_a_list_sink(tmp_path):
 
 
 __all__ = ["attach_models", "minute_bars", "ml_plan", "place", "train", "wire", "write_spec"]
+
+
+def test_a_nan_bar_restarts_the_symbols_features_instead_of_stopping_the_consumer(tmp_path, caplog):
+    bars = minute_bars(n=120)
+    spec_path = write_spec(tmp_path)
+    _, onnx_bytes = train(spec_path, bars)
+    pipe = FeaturePipeline(load_spec(spec_path))
+    scorer = ModelScorer(None, None)
+    scorer.add(
+        load_model(place(spec_path, 1, onnx_bytes), pipe, name="tiny", version=1), pipe, strategies=["x"]
+    )
+    from liu.events import Bar
+
+    b = bars["SPY"]
+    with caplog.at_level(logging.ERROR, logger="liu.ml.inference"):
+        for i in range(120):
+            close = float("nan") if i == 60 else b["close"][i]
+            scorer(
+                Bar("SPY", int(b["ts"][i]), b["open"][i], b["high"][i], b["low"][i], close, b["volume"][i])
+            )
+    stats = scorer.stats()["tiny"]
+    assert "warming up again" in caplog.text
+    assert stats["bars"] == 120 and stats["scored"]["1"] > 0
+    assert stats["warming"] > pipe.lookback  # warmed up twice: at the start and after the NaN bar
