@@ -487,63 +487,88 @@ def profile(pids: dict[str, int], seconds: float) -> dict:
     return result
 
 
-def ramp(mode: str, rates: list[int], args, latency: bool, prof: bool, model: dict | None = None) -> dict:
-    """Step the offered rate up until two steps in a row are not sustained; `model`: the ML strategy."""
-    t_start = time.monotonic()
-    pipe = Pipeline(
-        mode,
-        args.consumers,
-        args.symbols,
-        args.batch,
-        args.stale_after,
-        not args.no_work,
-        speed=args.speed,
-        model=model,
-    )
-    label = f"{mode}+ml" if model else mode
-    out: dict = {"mode": mode, "strategy": "ml" if model else "plain", "speed": args.speed, "steps": []}
-    try:
+class Ramp:
+    """One pipeline stepped up in rate until two steps in a row are not sustained."""
+
+    def __init__(self, mode: str, args, model: dict | None = None) -> None:
+        self.t_start = time.monotonic()
+        self.args = args
+        self.pipe = Pipeline(
+            mode,
+            args.consumers,
+            args.symbols,
+            args.batch,
+            args.stale_after,
+            not args.no_work,
+            speed=args.speed,
+            model=model,
+        )
+        self.model = model
+        self.label = f"{mode}+ml" if model else mode
+        self.out: dict = {
+            "mode": mode,
+            "strategy": "ml" if model else "plain",
+            "speed": args.speed,
+            "steps": [],
+        }
+        self.best = self.step_id = self.failures = 0
+        self.done = False
+
+    def warm(self) -> None:
+        pipe = self.pipe
         pipe.set_rate(20_000)  # warm up: every symbol's indicators open, caches filled
         time.sleep(1.0)
         pipe.set_rate(0)
         if pipe.ml:  # the warm-up's last bars close before the first step counts
             pipe.settle()
             pipe.wait_bars()
-        best = 0
-        step_id = 0
-        failures = 0
-        for rate in rates:
-            step_id += 1
-            r = pipe.step(rate, args.seconds, step_id, 64)
-            out["steps"].append(r)
-            print(
-                f"  [{label}] {rate:>7,}/s offered {r['offered_rate']:>7,}/s processed {r['processed']:>8,}"
-                f"/{r['offered']:<8,} stale {r['stale']:<6} depth end {r['end_depth_events']:<7} "
-                f"growth {r['depth_growth_per_s']:>7}/s drain {r['drain_s']:.2f}s load {r['loadavg']:.1f} "
-                f"{'OK' if r['sustained'] else 'NOT sustained'}",
-                flush=True,
-            )
-            print(
-                "      CPU share of a core "
-                + ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_share"].items())
-                + "; µs/event "
-                + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_us_per_event"].items()),
-                flush=True,
-            )
-            if pipe.ml:
-                print(
-                    f"      ML: {r['ml_bars']:,} bar closes, {r['ml_scored']:,} scored "
-                    f"({r['ml_scored_per_s']:,.0f}/s of feed time), {r['ml_warming']:,} warming up, "
-                    f"{r['ml_errors']} errors",
-                    flush=True,
-                )
+
+    def step(self, rate: int) -> None:
+        """Run `rate` up to --tries times, until one try is sustained (noise only ever slows a step down)."""
+        for attempt in range(1, self.args.tries + 1):
+            r = self._try(rate, attempt)
             if r["sustained"]:
-                best = rate
-                failures = 0
-            else:
-                failures += 1
-                if failures >= 2:  # one retry: the machine is shared
-                    break
+                break
+        if r["sustained"]:
+            self.best = max(self.best, rate)
+            self.failures = 0
+        else:
+            self.failures += 1
+            if self.failures >= 2:  # one retry: the machine is shared
+                self.done = True
+
+    def _try(self, rate: int, attempt: int) -> dict:
+        self.step_id += 1
+        r = self.pipe.step(rate, self.args.seconds, self.step_id, 64)
+        if self.args.tries > 1:
+            r["try"] = attempt
+        self.out["steps"].append(r)
+        print(
+            f"  [{self.label}] {rate:>7,}/s offered {r['offered_rate']:>7,}/s processed {r['processed']:>8,}"
+            f"/{r['offered']:<8,} stale {r['stale']:<6} depth end {r['end_depth_events']:<7} "
+            f"growth {r['depth_growth_per_s']:>7}/s drain {r['drain_s']:.2f}s load {r['loadavg']:.1f} "
+            f"{'OK' if r['sustained'] else 'NOT sustained'}",
+            flush=True,
+        )
+        print(
+            "      CPU share of a core "
+            + ", ".join(f"{k} {v:.2f}" for k, v in r["cpu_share"].items())
+            + "; µs/event "
+            + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_us_per_event"].items()),
+            flush=True,
+        )
+        if self.pipe.ml:
+            print(
+                f"      ML: {r['ml_bars']:,} bar closes, {r['ml_scored']:,} scored "
+                f"({r['ml_scored_per_s']:,.0f}/s of feed time), {r['ml_warming']:,} warming up, "
+                f"{r['ml_errors']} errors",
+                flush=True,
+            )
+        return r
+
+    def conclude(self, latency: bool, prof: bool) -> None:
+        """Sustained rate, then a latency step at 80 % of it and an optional py-spy profile."""
+        out, pipe, best = self.out, self.pipe, self.best
         out["sustained_rate"] = best
         if pipe.ml:
             at = [s for s in out["steps"] if s["sustained"] and s["target_rate"] == best]
@@ -551,11 +576,10 @@ def ramp(mode: str, rates: list[int], args, latency: bool, prof: bool, model: di
             out["ml_scored_per_s_max"] = max((s["ml_scored_per_s"] for s in out["steps"]), default=0.0)
         if latency and best:
             lat_rate = int(0.8 * best)
-            step_id += 1
-            r = pipe.step(lat_rate, args.latency_seconds, step_id, 1)
-            reports_needed = step_id
+            self.step_id += 1
+            r = pipe.step(lat_rate, self.args.latency_seconds, self.step_id, 1)
             out["latency_step"] = r
-            out["latency_step_id"] = reports_needed
+            out["latency_step_id"] = self.step_id
         if prof and best:
             pipe.set_rate(best)
             time.sleep(0.5)
@@ -566,18 +590,63 @@ def ramp(mode: str, rates: list[int], args, latency: bool, prof: bool, model: di
             pipe.settle()
         out["consumer_rss_kb"] = [rss_kb(p.pid) for p in pipe.consumers]
         out["producer_rss_kb"] = rss_kb(pipe.producer.pid)
+
+    def close(self) -> dict:
+        out = self.out
+        reports = self.pipe.close()
+        out["stale_total"] = sum(r.stale for r in reports)
+        out["processed_total"] = sum(r.processed for r in reports)
+        out["strategy_errors"] = sum(r.strategy_errors for r in reports)
+        out["consumer_gc"] = [getattr(r, "bench_gc", None) for r in reports]  # gen: [count, total s, max s]
+        if self.model:  # the consumers' own scorer counts for the whole run (ConsumerReport.strategies)
+            out["ml_models"] = [r.strategies.get("bench", {}).get("models") for r in reports]
+        if "latency_step_id" in out:
+            out["latency"] = latency_stats(reports, out.pop("latency_step_id"))
+        out["wall_s"] = round(time.monotonic() - self.t_start, 1)
+        return out
+
+
+def ramp(mode: str, rates: list[int], args, latency: bool, prof: bool, model: dict | None = None) -> dict:
+    """Step the offered rate up until two steps in a row are not sustained; `model`: the ML strategy."""
+    r = Ramp(mode, args, model)
+    try:
+        r.warm()
+        for rate in rates:
+            r.step(rate)
+            if r.done:
+                break
+        r.conclude(latency, prof)
     finally:
-        reports = pipe.close()
-    out["stale_total"] = sum(r.stale for r in reports)
-    out["processed_total"] = sum(r.processed for r in reports)
-    out["strategy_errors"] = sum(r.strategy_errors for r in reports)
-    out["consumer_gc"] = [getattr(r, "bench_gc", None) for r in reports]  # gen: [count, total s, max s]
-    if model:  # the consumers' own scorer counts for the whole run (ConsumerReport.strategies)
-        out["ml_models"] = [r.strategies.get("bench", {}).get("models") for r in reports]
-    if "latency_step_id" in out:
-        out["latency"] = latency_stats(reports, out.pop("latency_step_id"))
-    out["wall_s"] = round(time.monotonic() - t_start, 1)
+        out = r.close()
     return out
+
+
+def ramp_pair(rates: list[int], args, model: dict, latency: bool, prof: bool) -> tuple[dict, dict]:
+    """Plain and ML pipelines side by side, their steps interleaved rate by rate (order alternating), so
+    both see the same machine: on a shared box the load moves between minutes. Only one is fed at a time."""
+    plain = Ramp("liu", args)
+    try:
+        ml = Ramp("liu", args, model)
+    except BaseException:
+        plain.close()
+        raise
+    try:
+        plain.warm()
+        ml.warm()
+        for i, rate in enumerate(rates):
+            for r in (plain, ml) if i % 2 == 0 else (ml, plain):
+                if not r.done:
+                    r.step(rate)
+            if plain.done and ml.done:
+                break
+        plain.conclude(latency, prof)
+        ml.conclude(latency, prof)
+    finally:
+        try:
+            out_plain = plain.close()
+        finally:
+            out_ml = ml.close()
+    return out_plain, out_ml
 
 
 # -- cold start ------------------------------------------------------------------
@@ -682,6 +751,12 @@ def main() -> int:
         help="plain: LiveBench; ml: LiveBench + a 100-tree GB ONNX model scored at each bar close; both: each, same run",
     )
     p.add_argument(
+        "--tries",
+        type=int,
+        default=1,
+        help="runs of a rate before it counts as not sustained (best of N: noise only slows a step down)",
+    )
+    p.add_argument(
         "--speed",
         type=float,
         default=1.0,
@@ -690,6 +765,8 @@ def main() -> int:
     args = p.parse_args()
     if args.speed <= 0:
         p.error("--speed must be positive")
+    if args.tries < 1:
+        p.error("--tries must be at least 1")
     cmd = shlex.join([".venv/bin/python", "benchmarks/live_path.py", *sys.argv[1:]])
     t0 = time.monotonic()
     res: dict = {
@@ -724,12 +801,12 @@ def main() -> int:
         )
         res["model"] = model
     try:
-        if args.strategy in ("plain", "both"):
+        if args.strategy == "both":
+            res["liu"], res["liu_ml"] = ramp_pair(_rates(args.rates), args, model, True, args.profile)
+        elif args.strategy == "ml":
+            res["liu_ml"] = ramp("liu", _rates(args.rates), args, True, args.profile, model=model)
+        else:
             res["liu"] = ramp("liu", _rates(args.rates), args, latency=True, prof=args.profile)
-        if model is not None:
-            res["liu_ml"] = ramp(
-                "liu", _rates(args.rates), args, latency=True, prof=args.profile, model=model
-            )
     finally:
         if work is not None:
             work.cleanup()
@@ -772,10 +849,18 @@ def report(res: dict) -> None:
 def cpu_per_bar(plain: list[dict], ml: list[dict]) -> list[dict]:
     """Consumers' CPU per event, plain vs ML, at each rate both ramps ran; the difference per scored bar
     is an estimate of what one bar close's features + ONNX run + on_bar cost in the consumer."""
+
+    def pick(steps: list[dict]) -> dict[int, dict]:  # per rate: the sustained try, else the last one
+        by: dict[int, dict] = {}
+        for s in steps:
+            if not by.get(s["target_rate"], {}).get("sustained"):
+                by[s["target_rate"]] = s
+        return by
+
     out = []
-    by_rate = {s["target_rate"]: s for s in plain}
-    for m in ml:
-        p = by_rate.get(m["target_rate"])
+    by_rate, by_rate_ml = pick(plain), pick(ml)
+    for rate, m in by_rate_ml.items():
+        p = by_rate.get(rate)
         if p is None:
             continue
         cp = sum(v for k, v in p["cpu_us_per_event"].items() if k.startswith("consumer"))
