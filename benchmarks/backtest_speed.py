@@ -237,6 +237,11 @@ def check(result: dict[str, Any], ref: syn.Reference, tol: float = 1e-6) -> tupl
         if got != want:
             bad = [i for i, (g, w) in enumerate(zip(got, want, strict=True)) if g != w]
             problems.append(f"{key} {sum(got)} vs {sum(want)} (symbols {bad[:5]})")
+    if result.get("fill_events", result.get("orders")) != result.get("orders"):
+        problems.append(f"{result['fill_events']} fill events for {result['orders']} orders (partial fills)")
+    curve = result.get("curve_final_equity")
+    if curve is not None and abs(curve - result["final_equity"]) > tol:
+        problems.append(f"equity curve ends at {curve:,.6f}, fills give {result['final_equity']:,.6f}")
     d = result["final_equity"] - ref.final_equity
     if abs(d) > tol:
         problems.append(f"final equity {result['final_equity']:,.6f} vs {ref.final_equity:,.6f} ({d:+,.6f})")
