@@ -2,7 +2,7 @@
 
 Reproduce:  .venv/bin/python benchmarks/live_path.py [--json PATH] [--consumers 1] [--symbols 500]
                 [--seconds 3] [--rates 50k,100k,...] [--baseline-rates ...] [--no-cold-start] [--profile]
-                [--strategy plain|ml|both] [--speed N]
+                [--strategy plain|ml|both] [--speed N] [--tries N]
 
 Processes are wired exactly as liu/daemon.py does (forkserver context, one Pipe(duplex=False) per
 consumer, Subscribe(Assign(all symbols)), wait for "subscribed", Start(ClockSpec) to the producer,
@@ -19,7 +19,11 @@ ML (`--strategy ml|both`): the same ramp with `LiveBenchML`, whose tradeplan ent
 models/sma_rsi.toml, trained here on synthetic bars (benchmarks/_ml_bench.py). liu's consumers load it
 (pinned, no database) and score it at every bar close. `--speed N` runs the market clock N× wall time so
 bars close often (each active symbol closes a minute bar every 60/N s); `stale_after` is then scaled by N
-so that it still means --stale-after seconds of wall time. Defaults (plain, speed 1) are the old run.
+so that it still means --stale-after seconds of wall time. `both` keeps the two pipelines up side by
+side and interleaves their steps rate by rate (only one is fed at a time), so the ratio compares the
+same minutes of a shared machine; `--tries N` reruns a rate up to N times before it counts as not
+sustained. Defaults (plain, speed 1, one try) are the old run. Model cost per bar close: the
+consumers' CPU per event, ML minus plain at the same rate, per scored bar (noisy when bars are few).
 """
 
 from __future__ import annotations
