@@ -134,6 +134,7 @@ class StrategyRunner:
         self._next_minute = 1 << 62
         self._seq = 0
         self._bar: dict[str, list] = {}
+        self._closed: dict[str, int] = {}  # last closed minute per symbol: no second bar for it
         self._fills: list[Fill] = []
         self.fill_log: list[Fill] = []
         self.counts = {
@@ -294,6 +295,8 @@ class StrategyRunner:
         minute = ts // MINUTE
         bar = self._bar.get(sym)
         if bar is None:
+            if minute <= self._closed.get(sym, -1):  # late print for a bar already closed by flush_bars
+                return None
             self._bar[sym] = [minute, price, price, price, price, size]
             return None
         if minute == bar[0]:
@@ -307,6 +310,7 @@ class StrategyRunner:
         if minute < bar[0]:  # late print for a closed minute: counts for the price, not the bar
             return None
         self._bar[sym] = [minute, price, price, price, price, size]
+        self._closed[sym] = bar[0]
         return Bar(sym, bar[0] * MINUTE, bar[1], bar[2], bar[3], bar[4], bar[5])
 
     async def flush_bars(self, now_ns: int, grace_ns: int = 2 * 10**9) -> None:
@@ -315,6 +319,7 @@ class StrategyRunner:
         for sym, bar in list(self._bar.items()):
             if bar[0] < cutoff:
                 del self._bar[sym]
+                self._closed[sym] = bar[0]
                 await self._close_bar(Bar(sym, bar[0] * MINUTE, bar[1], bar[2], bar[3], bar[4], bar[5]))
 
     async def _close_bar(self, bar: Bar) -> None:

@@ -154,3 +154,18 @@ async def test_every_fill_reaches_the_log_and_the_strategy():
     await r.process(make_bars("A", 10))
     assert len(s.fills) == len(r.fill_log) == r.counts["fills"] == 9
     assert r.broker.position("rec", "A").qty == 9
+
+
+async def test_a_late_print_after_a_flushed_bar_does_not_open_a_second_bar_for_that_minute():
+    rec = Recorder()
+    r = _runner(rec)
+    t0 = 1_700_000_040 * 10**9 // MIN * MIN
+    await r.process([(TRADE, "A", t0 + 1, 10.0, 5.0, 0), (TRADE, "A", t0 + 2, 11.0, 5.0, 0)])
+    await r.flush_bars(t0 + MIN + 3 * 10**9)  # a quiet symbol's bar closed by the clock
+    await r.process([(TRADE, "A", t0 + 3, 12.0, 5.0, 0)])  # a print of that minute, arriving late
+    await r.process([(TRADE, "A", t0 + MIN + 1, 13.0, 5.0, 0), (TRADE, "A", t0 + 2 * MIN, 14.0, 5.0, 0)])
+    assert [(b.ts, b.open, b.close, b.volume) for b in rec.bars] == [
+        (t0, 10.0, 11.0, 10.0),
+        (t0 + MIN, 13.0, 13.0, 5.0),
+    ]
+    assert r.last_price["A"] == 14.0
