@@ -9,6 +9,7 @@ bars and then opens on the stored history.
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -57,7 +58,8 @@ class BarHistory:
             grown = np.empty((6, max(2 * self._data.shape[1], n + k)), dtype=np.float64)
             grown[:, :n] = self._data[:, :n]
             self._data = grown
-        self._data[:, n : n + k] = np.array(pending, dtype=np.float64).T
+        block = np.fromiter(chain.from_iterable(pending), np.float64, count=6 * k)
+        self._data[:, n : n + k] = block.reshape(k, 6).T
         self._filled = n + k
         pending.clear()
         self._views.clear()
@@ -198,4 +200,8 @@ class Features:
         if indicators:
             bar = (ts, o, h, lo, c, v)
             for ind in indicators.values():
-                ind.on_bar(hist, bar)
+                stream = ind._stream
+                if stream is not None and ind._col >= 0:  # an open one-input stream: update inline
+                    ind.value = stream.update(bar[ind._col])
+                else:
+                    ind.on_bar(hist, bar)

@@ -24,6 +24,7 @@ from liu.strategy import Context, Strategy
 
 log = logging.getLogger(__name__)
 MINUTE = 60_000_000_000
+_new_bar = tuple.__new__  # builds a NamedTuple from a ready tuple without its argument parsing
 NY = ZoneInfo("America/New_York")
 
 
@@ -282,7 +283,7 @@ class StrategyRunner:
                     if self._fills:
                         await self._dispatch_fills()
                     self.last_price[sym] = ev[6]
-                    await self._close_bar(Bar(sym, ts, ev[3], ev[4], ev[5], ev[6], ev[7]))
+                    await self._close_bar(_new_bar(Bar, ev[1:8]))  # the wire slice is exactly Bar's fields
                 if ts >= self._next_portfolio:
                     await self._portfolio(ts)
         finally:

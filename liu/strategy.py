@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from liu.brokers.base import Position
 from liu.errors import ConfigError
 from liu.events import Bar, Fill, Order, Quote, Trade
 from liu.features import BarHistory
@@ -60,6 +61,7 @@ class Context:
         """Models listed in this strategy's tradeplan entry: name → vote weight (plan order)."""
         self._scorer: ModelScorer | None = None
         self._predictions: dict[str, dict[str, np.ndarray | None]] = {}
+        self._positions: dict[str, Position] = {}  # symbol → the broker's (live, mutated) Position
 
     def attach_models(self, scorer: ModelScorer, weights: dict[str, float]) -> None:
         """Give this strategy its models' outputs (done by `build_runner` from the tradeplan)."""
@@ -84,7 +86,10 @@ class Context:
 
     def position(self, symbol: str) -> float:
         """Signed quantity this strategy holds in `symbol` (negative = short)."""
-        return self._runner.broker.position(self.strategy, symbol).qty
+        pos = self._positions.get(symbol)  # the broker keeps one Position object per (strategy, symbol)
+        if pos is None:
+            pos = self._positions[symbol] = self._runner.broker.position(self.strategy, symbol)
+        return pos.qty
 
     def positions(self) -> dict[str, float]:
         """Every non-zero position of this strategy in this process."""
