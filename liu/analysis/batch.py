@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 
-import asyncpg
 import numpy as np
 
 from liu.analysis.report import Report, build_report, equity_from_fills
 from liu.analysis.trades import RoundTrip
 from liu.errors import LiuError
 from liu.events import Fill
+from liu.store.runs import connection
 from liu.store.writer import ns_to_datetime
 
 log = logging.getLogger(__name__)
@@ -50,18 +49,9 @@ class BatchNotFound(LiuError):
     """The batch id has no algo_run rows and no trades."""
 
 
-@asynccontextmanager
-async def _connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
 async def load_fills(dsn: str, batch_id: str) -> list[Fill]:
     """The batch's fills in time order; the strategy is the algo_run's `algo_name`."""
-    async with _connect(dsn) as conn:
+    async with connection(dsn) as conn:
         rows = await conn.fetch(
             f"""
             SELECT t.client_order_id, COALESCE(r.algo_name, '') AS strategy, t.symbol, t.side, t.qty,
@@ -93,7 +83,7 @@ async def load_fills(dsn: str, batch_id: str) -> list[Fill]:
 
 async def list_batches(dsn: str) -> list[dict]:
     """Every batch, newest first: batch_id, env, start, end, strategies, fills."""
-    async with _connect(dsn) as conn:
+    async with connection(dsn) as conn:
         rows = await conn.fetch(
             """
             SELECT r.batch_id, min(r.env) AS env, min(r.start_time) AS start, max(r.end_time) AS "end",
@@ -127,7 +117,7 @@ async def latest_batch(dsn: str) -> str:
 
 async def load_start_cash(dsn: str, batch_id: str) -> float | None:
     """The batch's starting cash from its accounts row (see liu.store.runs.record_account), if any."""
-    async with _connect(dsn) as conn:
+    async with connection(dsn) as conn:
         return await conn.fetchval(
             "SELECT balance FROM accounts WHERE batch_id = $1 ORDER BY account_id LIMIT 1", batch_id
         )
@@ -137,7 +127,7 @@ async def load_bars(
     dsn: str, symbols: Sequence[str], start_ns: int | None = None, end_ns: int | None = None
 ) -> dict[str, dict[str, np.ndarray]]:
     """`stock_ohlc` bars per symbol as arrays (ts ns, open, high, low, close, volume)."""
-    async with _connect(dsn) as conn:
+    async with connection(dsn) as conn:
         rows = await conn.fetch(
             f"""
             SELECT symbol, {_NS.format(col="symbol_date")} AS ts_ns, open, high, low, close, volume
@@ -187,7 +177,7 @@ async def save_analysis(dsn: str, batch_id: str, trips: Sequence[RoundTrip]) -> 
     has no run in the batch cannot be stored (algo_run_id is required) and are skipped with
     a warning. Returns the number of round trips stored.
     """
-    async with _connect(dsn) as conn, conn.transaction():
+    async with connection(dsn) as conn, conn.transaction():
         runs = await conn.fetch(
             "SELECT id, algo_name FROM algo_run WHERE batch_id = $1 ORDER BY id", batch_id
         )
@@ -281,7 +271,7 @@ async def batch_report(
                 f"batch {batch_id} has no accounts row: start cash assumed {DEFAULT_START_CASH:,.0f}"
             )
     if not fills:
-        async with _connect(dsn) as conn:
+        async with connection(dsn) as conn:
             known = await conn.fetchval("SELECT count(*) FROM algo_run WHERE batch_id = $1", batch_id)
         if not known:
             raise BatchNotFound(f"batch {batch_id!r}: no algo_run rows and no trades in the database")

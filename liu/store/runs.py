@@ -17,7 +17,8 @@ ENVS = ("PAPER", "BACKTEST", "LIVE")
 
 
 @asynccontextmanager
-async def _connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+async def connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """One short-lived connection, closed on exit (for bookkeeping off the hot path)."""
     conn = await asyncpg.connect(dsn)
     try:
         yield conn
@@ -40,7 +41,7 @@ async def create_runs(
     names = [e[0] for e in entries]
     consumers = [int(e[1]) for e in entries]
     params = [json.dumps(e[2] or {}, default=str) for e in entries]
-    async with _connect(dsn) as conn:
+    async with connection(dsn) as conn:
         rows = await conn.fetch(
             """
             INSERT INTO algo_run (batch_id, algo_name, consumer, env, parameters)
@@ -63,7 +64,7 @@ async def close_runs(dsn: str, batch_id: str, reason: str, consumer: int | None 
 
     Only open rows are touched, so the first recorded reason (e.g. a crash) is kept.
     """
-    async with _connect(dsn) as conn:
+    async with connection(dsn) as conn:
         status = await conn.execute(
             """
             UPDATE algo_run SET end_time = now(), end_reason = $2
@@ -78,7 +79,7 @@ async def close_runs(dsn: str, batch_id: str, reason: str, consumer: int | None 
 
 async def record_account(dsn: str, batch_id: str, cash: float, details: dict | None = None) -> int:
     """Record the run's starting cash (accounts row + portfolio row); return the account id."""
-    async with _connect(dsn) as conn, conn.transaction():
+    async with connection(dsn) as conn, conn.transaction():
         account_id = await conn.fetchval(
             "INSERT INTO accounts (batch_id, balance, details) VALUES ($1, $2, $3::jsonb) RETURNING account_id",
             batch_id,
@@ -102,7 +103,7 @@ async def add_trending(dsn: str, batch_id: str, scanner: str, symbols: Iterable[
     rows = [(batch_id, s, scanner) for s in symbols]
     if not rows:
         return
-    async with _connect(dsn) as conn:
+    async with connection(dsn) as conn:
         await conn.executemany(
             "INSERT INTO trending_tickers (batch_id, symbol, scanner_name) VALUES ($1, $2, $3)", rows
         )
@@ -110,7 +111,7 @@ async def add_trending(dsn: str, batch_id: str, scanner: str, symbols: Iterable[
 
 async def load_keystore(dsn: str, algo_name: str) -> dict[str, Any]:
     """A strategy's persisted key/values (JSON-decoded)."""
-    async with _connect(dsn) as conn:
+    async with connection(dsn) as conn:
         rows = await conn.fetch("SELECT key, value FROM keystore WHERE algo_name = $1", algo_name)
     return {r["key"]: json.loads(r["value"]) if r["value"] is not None else None for r in rows}
 
@@ -120,7 +121,7 @@ async def save_keystore(dsn: str, algo_name: str, items: dict[str, Any]) -> None
     if not items:
         return
     rows = [(algo_name, k, json.dumps(v)) for k, v in items.items()]
-    async with _connect(dsn) as conn:
+    async with connection(dsn) as conn:
         await conn.executemany(
             """
             INSERT INTO keystore (algo_name, key, value) VALUES ($1, $2, $3::jsonb)
