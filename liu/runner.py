@@ -66,6 +66,11 @@ class Keystore(dict):
         return items
 
 
+def _bar_of(sym: str, bar: list) -> Bar:
+    """The Bar of an open-bar list [minute, open, high, low, close, volume]."""
+    return Bar(sym, bar[0] * MINUTE, bar[1], bar[2], bar[3], bar[4], bar[5])
+
+
 def _ny_minute_of_day(ts: int, _cache: dict[int, int] = {}) -> int:  # noqa: B006 - per-day offset cache
     day = ts // (86_400 * 10**9)
     offset = _cache.get(day)
@@ -135,7 +140,7 @@ class StrategyRunner:
         self._next_minute = 1 << 62
         self._seq = 0
         self._bar: dict[str, list] = {}
-        self._closed: dict[str, int] = {}  # last closed minute per symbol: no second bar for it
+        self._closed: dict[str, int] = {}  # per symbol, the minute flush_bars last closed
         self._fills: list[Fill] = []
         self.fill_log: list[Fill] = []
         self.counts = {
@@ -260,12 +265,13 @@ class StrategyRunner:
                     route = self.routes.get(sym)
                     if route:
                         self.recv_ns = ev[-1]
+                        trade = None
                         for slot in route:
-                            if slot.on_trade and slot.open_at(ts):
+                            if slot.on_trade and (slot.window is None or slot.open_at(ts)):
+                                if trade is None:
+                                    trade = Trade(sym, ts, price, ev[4])
                                 # Called inline (no coroutine per event); only results need awaiting.
-                                result = self._invoke(
-                                    slot, slot.strategy.on_trade, Trade(sym, ts, price, ev[4]), sym
-                                )
+                                result = self._invoke(slot, slot.strategy.on_trade, trade, "on_trade", sym)
                                 if result:
                                     await self._handle(slot, result, "on_trade", sym)
                 elif kind == QUOTE:
@@ -274,10 +280,14 @@ class StrategyRunner:
                         await self._dispatch_fills()
                     route = self.routes.get(sym)
                     if route:
+                        quote = None
                         for slot in route:
-                            if slot.on_quote and slot.open_at(ts):
-                                q = Quote(sym, ts, ev[3], ev[4], ev[5], ev[6])
-                                await self._call(slot, slot.strategy.on_quote, q, "on_quote", sym)
+                            if slot.on_quote and (slot.window is None or slot.open_at(ts)):
+                                if quote is None:
+                                    quote = Quote(sym, ts, ev[3], ev[4], ev[5], ev[6])
+                                result = self._invoke(slot, slot.strategy.on_quote, quote, "on_quote", sym)
+                                if result:
+                                    await self._handle(slot, result, "on_quote", sym)
                 elif kind == BAR:
                     broker.on_bar(sym, ts, ev[3], ev[4], ev[5])
                     if self._fills:
@@ -311,8 +321,7 @@ class StrategyRunner:
         if minute < bar[0]:  # late print for a closed minute: counts for the price, not the bar
             return None
         self._bar[sym] = [minute, price, price, price, price, size]
-        self._closed[sym] = bar[0]
-        return Bar(sym, bar[0] * MINUTE, bar[1], bar[2], bar[3], bar[4], bar[5])
+        return _bar_of(sym, bar)
 
     async def flush_bars(self, now_ns: int, grace_ns: int = 2 * 10**9) -> None:
         """Close bars whose minute ended before `now_ns - grace_ns` (live: quiet symbols still get bars)."""
@@ -320,8 +329,8 @@ class StrategyRunner:
         for sym, bar in list(self._bar.items()):
             if bar[0] < cutoff:
                 del self._bar[sym]
-                self._closed[sym] = bar[0]
-                await self._close_bar(Bar(sym, bar[0] * MINUTE, bar[1], bar[2], bar[3], bar[4], bar[5]))
+                self._closed[sym] = bar[0]  # a print for this minute arriving later must not reopen it
+                await self._close_bar(_bar_of(sym, bar))
 
     async def _close_bar(self, bar: Bar) -> None:
         self.features.add_bar(bar.symbol, bar.ts, bar.open, bar.high, bar.low, bar.close, bar.volume)
@@ -335,7 +344,7 @@ class StrategyRunner:
         if route:
             for slot in route if len(route) == 1 else list(route):  # a hook may reject (and unroute)
                 if slot.window is None or slot.open_at(bar.ts):
-                    result = self._invoke(slot, slot.strategy.on_bar, bar, bar.symbol, "on_bar")
+                    result = self._invoke(slot, slot.strategy.on_bar, bar, "on_bar", bar.symbol)
                     if result:  # orders are placed before the next strategy sees the bar
                         await self._handle(slot, result, "on_bar", bar.symbol)
 
@@ -362,11 +371,11 @@ class StrategyRunner:
 
     # -- calling user code ----------------------------------------------
     async def _call(self, slot: _Slot, hook, arg: Any, name: str, symbol: str) -> None:
-        result = self._invoke(slot, hook, arg, symbol, name)
+        result = self._invoke(slot, hook, arg, name, symbol)
         if result:
             await self._handle(slot, result, name, symbol)
 
-    def _invoke(self, slot: _Slot, hook, arg: Any, symbol: str, name: str = "on_trade") -> Any:
+    def _invoke(self, slot: _Slot, hook, arg: Any, name: str, symbol: str) -> Any:
         try:
             return hook(slot.ctx) if arg is None else hook(arg, slot.ctx)
         except Exception:
