@@ -272,10 +272,7 @@ class Pipeline:
         return sent, t
 
     def settle(self, timeout: float = 30) -> bool:
-        """Wait until the producer has stopped receiving and every consumer has what it was sent.
-
-        Not backlog_bytes: the producer refreshes it only when a frame arrives (see README).
-        """
+        """Wait until the producer has stopped receiving and every consumer has what it was sent."""
         deadline = time.monotonic() + timeout
         last, since = -1, time.monotonic()
         while time.monotonic() < deadline:

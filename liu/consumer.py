@@ -56,7 +56,7 @@ class Consumer:
     def __init__(self, setup: ConsumerSetup, runner: StrategyRunner, keystores=None) -> None:
         self.setup = setup
         self.runner = runner
-        self.keystores: dict[str, Keystore] = keystores or {}
+        self.keystores: dict[str, Keystore] = {} if keystores is None else keystores
         self.clock: Clock | None = None
         self._queue: collections.deque = collections.deque()
         self._wake = asyncio.Event()

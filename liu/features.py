@@ -136,18 +136,10 @@ class StreamIndicator:
         self.value: Any = None
 
     def on_bar(self, history: BarHistory, bar: tuple | None = None) -> None:
-        """Feed the newest bar (`bar` = its (ts, o, h, l, c, v), else read from `history`).
-
-        Opens the stream on the whole history once it is longer than the lookback.
-        """
-        stream = self._stream
-        if stream is not None:
-            if bar is None:
-                bar = tuple(history.column(c)[-1] for c in COLUMNS)
-            if self._col >= 0:
-                self.value = stream.update(bar[self._col])
-            else:
-                self.value = stream.update(*[bar[i] for i in self._cols])
+        """Open the stream on the whole history once it is longer than the lookback; then feed each
+        new `bar` ((ts, o, h, l, c, v)). `Features.add_bar` updates open one-input streams inline."""
+        if self._stream is not None:
+            self.value = self._stream.update(*[bar[i] for i in self._cols])
         elif history.n > self.lookback:
             self._stream = getattr(tstream, self.name)(
                 *(history.column(c) for c in self.inputs), **self.params
@@ -192,9 +184,7 @@ class Features:
         return ind
 
     def add_bar(self, symbol: str, ts: int, o: float, h: float, lo: float, c: float, v: float) -> None:
-        hist = self.history.get(symbol)
-        if hist is None:
-            hist = self.history[symbol] = BarHistory()
+        hist = self.bars(symbol)
         hist.append(ts, o, h, lo, c, v)
         indicators = self._indicators.get(symbol)
         if indicators:

@@ -121,7 +121,7 @@ class Producer:
             self.symbols[s] = shard_of(s, n)
         per: dict[int, list[str]] = {}
         for s in assign.symbols:
-            per.setdefault(shard_of(s, n), []).append(s)
+            per.setdefault(self.symbols[s], []).append(s)
         for i, syms in per.items():
             self.writers[i].send_control(Assign(tuple(syms), assign.strategies, assign.scanner))
         if not new:
@@ -249,7 +249,10 @@ class Producer:
                     self._control_message(m)
                     continue
                 sym = ev[1]
-                shard = shard_cache.get(sym)
+                try:
+                    shard = shard_cache.get(sym)
+                except TypeError:  # an unhashable "S" (a list or map) is no symbol
+                    shard = None
                 if shard is None:
                     if sym.__class__ is not str:
                         a[self._i_unroutable] += 1
@@ -264,7 +267,6 @@ class Producer:
                     writers[i].send_batch(batch)
                     a[self._i_sent[i]] += len(batch)
                     pending[i] = []
-                a[self._i_backlog[i]] = writers[i].backlog_bytes
 
     def _control_message(self, m: Any) -> None:
         if m.__class__ is not dict:

@@ -48,7 +48,7 @@ class ChannelWriter:
         self._watching = False
         self._drained: asyncio.Event | None = None
         self.closed = False
-        self.on_backlog: Callable[[int], None] = lambda size: None  # told when the backlog shrinks
+        self.on_backlog: Callable[[int], None] = lambda size: None  # told whenever the backlog changes
 
     @property
     def backlog_bytes(self) -> int:
@@ -67,6 +67,7 @@ class ChannelWriter:
             return
         if self._backlog:
             self._backlog += frame
+            self.on_backlog(len(self._backlog))
             return
         try:
             n = os.write(self.fd, frame)
@@ -77,6 +78,7 @@ class ChannelWriter:
             return
         if n < len(frame):
             self._backlog += frame[n:]
+            self.on_backlog(len(self._backlog))
             self._watch()
 
     def _watch(self) -> None:
@@ -132,7 +134,6 @@ class ChannelReader:
         self._on_eof = on_eof
         self._loop: asyncio.AbstractEventLoop | None = None
         self.reading = False
-        self.bytes_read = 0
 
     def resume(self) -> None:
         if not self.reading:
@@ -154,7 +155,6 @@ class ChannelReader:
             self.pause()
             self._on_eof()
             return
-        self.bytes_read += len(chunk)
         buf = self._buf
         buf += chunk
         pos, end = 0, len(buf)
@@ -163,7 +163,7 @@ class ChannelReader:
             size, kind = _HEADER.unpack_from(buf, pos)
             if end - pos - hsize < size:
                 break
-            body = bytes(buf[pos + hsize : pos + hsize + size])
+            body = buf[pos + hsize : pos + hsize + size]  # a copy already: unpackb/loads take a bytearray
             pos += hsize + size
             if kind == BATCH:
                 self._on_frame(BATCH, msgpack.unpackb(body, use_list=False))

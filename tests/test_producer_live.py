@@ -128,3 +128,16 @@ async def test_wrong_keys_stop_the_producer_with_a_clear_error():
         await asyncio.wait_for(producer.run(), 10)
     await server.stop()
     r.close()
+
+
+async def test_an_unhashable_symbol_is_unroutable_and_the_stream_goes_on():
+    feed = SimFeed(symbols=["AAA", "BBB"], rate=10, seed=1)
+    async with Harness(feed) as h:
+        await h.producer.subscribe(Assign(("AAA", "BBB")))
+        await h.server.wait_for_subscribers(1)
+        ts = msgpack.Timestamp.from_unix_nano(1_700_000_000_000_000_000)
+        good = {"T": "t", "S": "AAA", "p": 10.5, "s": 100, "t": ts, "i": 1, "x": "V", "c": [], "z": "C"}
+        await h.server.broadcast_raw(msgpack.packb([{**good, "S": ["AAA"]}, {**good, "S": {"a": 1}}, good]))
+        await h.until(lambda: h.count() >= 1)
+        assert h.stats.producer()["unroutable"] == 2
+        assert [e[0] for e in h.events[shard_of("AAA", 2)]] == [TRADE]
