@@ -400,17 +400,12 @@ def run_backtest(plan: TradePlan, **options: Any) -> BacktestResult:
 def backtest_command(args: Any, console: Console) -> int:
     """`trader backtest`: run on the plan's database, store the batch, print and write the report."""
     from liu.plan import load_plan
-    from liu.store import prepare_database
+    from liu.store import plan_database
 
     plan = load_plan(args.plan)
-    if not args.from_db:
-        replay_config(
-            plan, args.data, args.start, args.end
-        )  # a missing data file: say so before starting anything
-    dsn, embedded = asyncio.run(
-        prepare_database(plan.database.resolve_dsn(), plan.path(plan.database.data_dir))
-    )
-    try:
+    if not args.from_db:  # a missing data file: say so before starting anything
+        replay_config(plan, args.data, args.start, args.end)
+    with plan_database(plan) as dsn:
         result = run_backtest(
             plan,
             start=args.start,
@@ -420,9 +415,6 @@ def backtest_command(args: Any, console: Console) -> int:
             dsn=dsn,
             progress=console,
         )
-    finally:
-        if embedded is not None:
-            embedded.stop()
     report = result.report
     report.print(console)
     out: Path = args.out / result.batch_id

@@ -56,17 +56,13 @@ def _db(args: argparse.Namespace, console: Console) -> int:
     import asyncio
 
     from liu.plan import load_plan
-    from liu.store import prepare_database, redact_dsn
+    from liu.store import plan_database, redact_dsn
 
     if args.action == "import" and (args.file is None or not args.file.is_file()):
         raise ConfigError(
             f"trader db import: bar file {args.file} not found (expected a CSV or Parquet file)"
         )
-    plan = load_plan(args.plan)
-    dsn, embedded = asyncio.run(
-        prepare_database(plan.database.resolve_dsn(), plan.path(plan.database.data_dir))
-    )
-    try:
+    with plan_database(load_plan(args.plan)) as dsn:
         if args.action == "import":
             from liu.store.bars import import_bars
 
@@ -77,9 +73,6 @@ def _db(args: argparse.Namespace, console: Console) -> int:
             console.print(f"imported {n} bars from {args.file} into stock_ohlc")
         else:
             console.print(f"database {redact_dsn(dsn)} is at head")
-    finally:
-        if embedded is not None:
-            embedded.stop()
     return 0
 
 

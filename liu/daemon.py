@@ -42,7 +42,7 @@ from liu.progress import merge_strategies, progress_table, summary_tables
 from liu.scanner import ScannerRunner, ScheduledScanner, SymbolInfo, load_scanners, symbol_infos
 from liu.sources.feeds import feed_config, sim_epoch
 from liu.stats import SharedStats
-from liu.store import add_trending, close_runs, create_runs, prepare_database, record_account, redact_dsn
+from liu.store import add_trending, close_runs, create_runs, prepare_plan_database, record_account, redact_dsn
 from liu.strategy import Strategy
 from liu.transport import EOF_MARK, watch_connection
 
@@ -197,9 +197,7 @@ class Daemon:
         session = None
         try:
             scanners, strategies = self._plugins()
-            self.dsn, self.embedded = await prepare_database(
-                plan.database.resolve_dsn(), plan.path(plan.database.data_dir)
-            )
+            self.dsn, self.embedded = await prepare_plan_database(plan)
             if any(s.models for s in plan.strategies):  # a bad model stops the start with one clear line
                 from liu.ml.inference import load_plan_models
 

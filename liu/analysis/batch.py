@@ -17,7 +17,7 @@ from liu.analysis.report import Report, build_report, equity_from_fills
 from liu.analysis.trades import RoundTrip
 from liu.errors import LiuError
 from liu.events import Fill
-from liu.store.runs import connection
+from liu.store.db import connection
 from liu.store.writer import ns_to_datetime
 
 log = logging.getLogger(__name__)

@@ -53,11 +53,14 @@ NAN = float("nan")
 # ---------------------------------------------------------------- equity curve
 
 
+def ny_times(ts: np.ndarray) -> pd.DatetimeIndex:
+    """int ns timestamps (UTC) as New York times (tz-aware; `.tz_localize(None)` for naive)."""
+    return pd.to_datetime(np.asarray(ts, dtype=np.int64), unit="ns", utc=True).tz_convert(NY)
+
+
 def ny_days(ts: np.ndarray) -> np.ndarray:
     """New York calendar day number (days since 1970-01-01, local) of each ns timestamp."""
-    ts = np.asarray(ts, dtype=np.int64)
-    idx = pd.to_datetime(ts, unit="ns", utc=True).tz_convert(NY).tz_localize(None).as_unit("ns")
-    return idx.asi8 // DAY_NS
+    return ny_times(ts).tz_localize(None).as_unit("ns").asi8 // DAY_NS
 
 
 def daily_equity(ts: np.ndarray, equity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -103,7 +103,7 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         """A JSON-safe dict (NaN and inf become None); the equity curve as end-of-day values."""
         day_ts, day_eq = M.daily_equity(self.equity_ts, self.equity)
-        dates = _ny_times(day_ts).strftime("%Y-%m-%d")
+        dates = M.ny_times(day_ts).strftime("%Y-%m-%d")
         return _json_safe(
             {
                 "title": self.title,
@@ -144,14 +144,14 @@ class Report:
         fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.05)
         i = _decimate(self.equity, PLOT_POINTS)
         fig.add_trace(
-            go.Scatter(x=_ny_times(self.equity_ts[i]), y=self.equity[i], name="equity", mode="lines"),
+            go.Scatter(x=M.ny_times(self.equity_ts[i]), y=self.equity[i], name="equity", mode="lines"),
             row=1,
             col=1,
         )
         j = _decimate(self.drawdown, PLOT_POINTS)
         fig.add_trace(
             go.Scatter(
-                x=_ny_times(self.equity_ts[j]),
+                x=M.ny_times(self.equity_ts[j]),
                 y=self.drawdown[j] * 100,
                 name="drawdown %",
                 mode="lines",
@@ -186,11 +186,11 @@ class Report:
         ax_eq, ax_dd = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
         i = _decimate(self.equity, PLOT_POINTS)
         j = _decimate(self.drawdown, PLOT_POINTS)
-        ax_eq.plot(_ny_times(self.equity_ts[i]).tz_localize(None), self.equity[i], lw=1.2)
+        ax_eq.plot(M.ny_times(self.equity_ts[i]).tz_localize(None), self.equity[i], lw=1.2)
         ax_eq.set_ylabel("equity")
         ax_eq.grid(alpha=0.3)
         ax_eq.set_title(self._headline(), fontsize=10)
-        x = _ny_times(self.equity_ts[j]).tz_localize(None)
+        x = M.ny_times(self.equity_ts[j]).tz_localize(None)
         ax_dd.fill_between(x, self.drawdown[j] * 100, 0, color="firebrick", alpha=0.4, lw=0)
         ax_dd.set_ylabel("drawdown %")
         ax_dd.set_xlabel("New York time")
@@ -342,13 +342,9 @@ def trips_frame(trips: Sequence[RoundTrip]) -> pd.DataFrame:
     columns = [f for f in RoundTrip.__dataclass_fields__]
     df = pd.DataFrame([asdict(t) for t in trips], columns=columns)
     for col in ("entry_ts", "exit_ts"):
-        df[col.replace("_ts", "_time")] = _ny_times(df[col].to_numpy(dtype=np.int64))
+        df[col.replace("_ts", "_time")] = M.ny_times(df[col].to_numpy(dtype=np.int64))
     df["holding"] = pd.to_timedelta(df["exit_ts"] - df["entry_ts"], unit="ns")
     return df
-
-
-def _ny_times(ts: np.ndarray) -> pd.DatetimeIndex:
-    return pd.to_datetime(np.asarray(ts, dtype=np.int64), unit="ns", utc=True).tz_convert(M.NY)
 
 
 def _decimate(values: np.ndarray, max_points: int) -> np.ndarray:

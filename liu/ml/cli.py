@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.table import Table
 
 from liu.errors import ConfigError
+from liu.plan import load_plan
+from liu.store import plan_database
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -115,14 +117,6 @@ def fold_table(result) -> Table:
     return t
 
 
-async def _database(plan_path: Path):
-    from liu.plan import load_plan
-    from liu.store import prepare_database
-
-    plan = load_plan(plan_path)
-    return plan, await prepare_database(plan.database.resolve_dsn(), plan.path(plan.database.data_dir))
-
-
 def _settings(settings, args: argparse.Namespace):
     """The spec's [backtest] settings with the command line's overrides (checked like the spec's)."""
     from pydantic import ValidationError
@@ -149,8 +143,8 @@ def _train(args: argparse.Namespace, console: Console) -> int:
 
     spec = load_spec(args.spec)
     settings = _settings(backtest_settings(spec), args)
-    plan, (dsn, embedded) = asyncio.run(_database(args.plan))
-    try:
+    plan = load_plan(args.plan)
+    with plan_database(plan) as dsn:
         result = train_model(spec, dsn=dsn, console=console, broker=plan.broker, backtest=settings)
         console.print(fold_table(result))
         onnx_bytes = to_onnx(result.estimator, result.pipeline.width, result.onnx_metadata())
@@ -159,9 +153,6 @@ def _train(args: argparse.Namespace, console: Console) -> int:
             registry.register(spec, onnx_bytes, result.summary_metrics(), result.metric_value)
         )
         rows = {r["version"]: r for r in asyncio.run(registry.list(spec.name))}
-    finally:
-        if embedded is not None:
-            embedded.stop()
     metric = f"{result.metric_name} = {_fmt(result.metric_value)}"
     row = rows.get(version)
     if row is None:
@@ -182,9 +173,9 @@ def _model(args: argparse.Namespace, console: Console) -> int:
 
     if args.action == "promote" and (args.name is None or args.version is None):
         raise ConfigError("trader model promote: expected NAME VERSION")
-    plan, (dsn, embedded) = asyncio.run(_database(args.plan))
-    registry = Registry(plan.path(".liu/models"), dsn)
-    try:
+    plan = load_plan(args.plan)
+    with plan_database(plan) as dsn:
+        registry = Registry(plan.path(".liu/models"), dsn)
         if args.action == "promote":
             asyncio.run(registry.promote(args.name, args.version))
             console.print(
@@ -192,9 +183,6 @@ def _model(args: argparse.Namespace, console: Console) -> int:
             )
             return 0
         rows = asyncio.run(registry.list(args.name))
-    finally:
-        if embedded is not None:
-            embedded.stop()
     t = Table(title="models" if args.name is None else f"model {args.name}")
     for col in (
         "name",

@@ -268,11 +268,10 @@ class _Model:
 class _Group:
     """Models sharing one feature pipeline: the row is computed once per bar for all of them."""
 
-    __slots__ = ("pipeline", "spec_file", "streams", "buf", "models")
+    __slots__ = ("pipeline", "streams", "buf", "models")
 
-    def __init__(self, pipeline: PipelineLike, spec_file: Path) -> None:
+    def __init__(self, pipeline: PipelineLike) -> None:
         self.pipeline = pipeline
-        self.spec_file = spec_file
         self.streams: dict[str, Any] = {}
         self.buf = np.zeros((1, pipeline.width), dtype=np.float32)
         self.models: list[_Model] = []
@@ -298,7 +297,6 @@ class ModelScorer:
         *,
         strategies: Iterable[str],
         pinned: int | None = None,
-        spec_file: Path | str = "",
     ) -> None:
         """Serve `loaded` (already validated against `pipeline`) for `strategies`."""
         if loaded.name in self.models:
@@ -306,7 +304,7 @@ class ModelScorer:
             return
         group = next((g for g in self._groups if g.pipeline.spec_hash == pipeline.spec_hash), None)
         if group is None:
-            group = _Group(pipeline, Path(spec_file))
+            group = _Group(pipeline)
             self._groups.append(group)
         m = _Model(loaded, group, set(strategies), pinned)
         group.models.append(m)
@@ -504,7 +502,7 @@ def attach_models(runner: Any, models: list[PlanModel], sink: PredictionSink | N
     scorer = ModelScorer(runner.routes, sink)
     for pm in models:
         assert pm.loaded is not None, "load the plan's models first"
-        scorer.add(pm.loaded, pm.pipeline, strategies=pm.weights, pinned=pm.pinned, spec_file=pm.spec_file)
+        scorer.add(pm.loaded, pm.pipeline, strategies=pm.weights, pinned=pm.pinned)
     runner.bar_hooks.append(scorer)
     for label, slot in runner.slots.items():
         weights = {pm.name: pm.weights[label] for pm in models if label in pm.weights}
@@ -578,9 +576,12 @@ class ModelWatcher:
 
     async def _check(self, pm: PlanModel) -> None:
         m = self.scorer.models[pm.name]
+        conn = self._conn if self._conn is not None and not self._conn.is_closed() else None
         try:
-            version = await pm.registry.serving(pm.name)
+            version = await pm.registry.serving(pm.name, conn)  # on the LISTEN connection when there is one
         except Exception as e:  # noqa: BLE001 - the registry being down must not stop trading
+            if conn is not None:  # that connection is broken: rechecks go on with short connections
+                await self.close()
             if pm.name not in self._failing:  # retried at the next recheck
                 self._failing.add(pm.name)
                 log.error(

@@ -21,8 +21,9 @@ from typing import Any
 import asyncpg
 
 from liu.errors import ConfigError
-from liu.ml.pipeline import FeaturePipeline
+from liu.ml.pipeline import spec_hash
 from liu.ml.spec import ModelSpec
+from liu.store.db import connection
 
 CHANNEL = "liu_models"
 _SERVING_SQL = """
@@ -30,12 +31,6 @@ SELECT version FROM models WHERE name = $1
 ORDER BY promoted_at IS NULL, promoted_at DESC, is_best DESC, version DESC
 LIMIT 1
 """
-
-
-async def _connect(dsn: str) -> asyncpg.Connection:
-    conn = await asyncpg.connect(dsn)
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    return conn
 
 
 def _parse_meta(meta: dict[str, str]) -> dict[str, Any]:
@@ -86,11 +81,9 @@ class Registry:
 
     async def register(self, spec: ModelSpec, onnx_bytes: bytes, metrics: dict, metric_value: float) -> int:
         """Store a new version; returns its number. It may be pruned at once if it is not in the best K."""
-        pipeline = FeaturePipeline(spec)
         name = spec.name
-        conn = await _connect(self.dsn)
         pruned: list[Path] = []
-        try:
+        async with connection(self.dsn, jsonb=True) as conn:
             async with conn.transaction():
                 # Upsert + RETURNING locks the name's row: concurrent registers of one model serialize here.
                 version = await conn.fetchval(
@@ -108,14 +101,14 @@ class Registry:
                         shutil.copyfile(spec.file, path.parent / "spec.toml")
                     else:
                         (path.parent / "spec.json").write_text(spec.model_dump_json(indent=2))
-                    width = int(meta.get("liu.input_width", pipeline.width))
+                    width = int(meta.get("liu.input_width", len(spec.features)))
                     await conn.execute(
                         "INSERT INTO models (name, version, path, spec_hash, input_width, metric_name, "
                         "metric_value, metrics, metadata) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                         name,
                         version,
                         str(path.resolve()),
-                        pipeline.spec_hash,
+                        spec_hash(spec),
                         width,
                         spec.registry.metric,
                         float(metric_value),
@@ -127,8 +120,6 @@ class Registry:
                     raise
                 pruned = await self._prune(conn, name, spec.registry.keep, spec.registry.higher_is_better)
                 await self._notify(conn, name)
-        finally:
-            await conn.close()
         for p in pruned:
             shutil.rmtree(p.parent, ignore_errors=True)
         return version
@@ -161,8 +152,7 @@ class Registry:
 
     async def list(self, name: str | None = None) -> list[dict]:
         """Kept versions (all models, or one), oldest first, each row as a dict (+ "serving": bool)."""
-        conn = await _connect(self.dsn)
-        try:
+        async with connection(self.dsn, jsonb=True) as conn:
             if name is None:
                 rows = await conn.fetch("SELECT * FROM models ORDER BY name, version")
             else:
@@ -170,22 +160,21 @@ class Registry:
             serving = {}
             for n in {r["name"] for r in rows}:
                 serving[n] = await conn.fetchval(_SERVING_SQL, n)
-        finally:
-            await conn.close()
         return [{**dict(r), "serving": serving.get(r["name"]) == r["version"]} for r in rows]
 
-    async def serving(self, name: str) -> int | None:
-        """The version consumers should run: the most recently promoted one, else the best; None if none."""
-        conn = await _connect(self.dsn)
-        try:
+    async def serving(self, name: str, conn: asyncpg.Connection | None = None) -> int | None:
+        """The version consumers should run: the most recently promoted one, else the best; None if none.
+
+        `conn`: an open connection to ask on (the model watcher's own); else a short one is opened.
+        """
+        if conn is not None:
             return await conn.fetchval(_SERVING_SQL, name)
-        finally:
-            await conn.close()
+        async with connection(self.dsn) as conn:
+            return await conn.fetchval(_SERVING_SQL, name)
 
     async def promote(self, name: str, version: int) -> None:
         """Make `version` the serving one (recorded as promoted now)."""
-        conn = await _connect(self.dsn)
-        try:
+        async with connection(self.dsn) as conn:
             async with conn.transaction():
                 done = await conn.execute(
                     "UPDATE models SET promoted_at = clock_timestamp() WHERE name = $1 AND version = $2",
@@ -207,5 +196,3 @@ class Registry:
                         raise ConfigError(f"model {name!r} is not in the registry (models: {names})")
                     raise ConfigError(f"model {name!r} has no version {version} (kept versions: {versions})")
                 await self._notify(conn, name)
-        finally:
-            await conn.close()

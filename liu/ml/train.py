@@ -52,7 +52,7 @@ def _bar_ns(bar_size: str) -> int | None:
 
 def _read_file(path: Path, spec: ModelSpec) -> pd.DataFrame:
     """Recorded bars as a long frame (symbol, ts, open..volume), parsed like the replay server does."""
-    from liu.sources.replay import MINUTE_NS, _bound, _read, _to_ns, detect_format
+    from liu.sources.replay import _read, bar_times, bounds, detect_format
 
     if not path.exists():
         raise ConfigError(f"{spec.file or 'model spec'}: [data] source: file {path} not found")
@@ -64,12 +64,7 @@ def _read_file(path: Path, spec: ModelSpec) -> pd.DataFrame:
     if fmt not in ("lean_minute", "minute_end", "daily"):
         raise ConfigError(f"{spec.file or 'model spec'}: [data] source: {path} holds {fmt}, expected bars")
     df = df[df["symbol"].isin(spec.data.symbols)]
-    if fmt == "daily":
-        ts = _to_ns(pd.to_datetime(df["date"], format="ISO8601").dt.tz_localize(NY))
-    else:
-        ts = _to_ns(pd.to_datetime(df["timestamp"], utc=True, format="ISO8601"))
-        if fmt == "minute_end":
-            ts = ts - MINUTE_NS
+    ts = bar_times(df, fmt)
     out = pd.DataFrame(
         {
             "symbol": df["symbol"].astype(str).to_numpy(),
@@ -81,7 +76,7 @@ def _read_file(path: Path, spec: ModelSpec) -> pd.DataFrame:
         }
     )
     out = out[~np.isnan(out["close"].to_numpy())]
-    lo, hi = _bound(spec.data.start, False), _bound(spec.data.end, True)
+    lo, hi = bounds(spec.data.start, spec.data.end)
     if lo is not None:
         out = out[out["ts"] >= lo]
     if hi is not None:
@@ -90,24 +85,16 @@ def _read_file(path: Path, spec: ModelSpec) -> pd.DataFrame:
 
 
 async def _read_db(dsn: str, spec: ModelSpec) -> pd.DataFrame:
-    import asyncpg
+    from liu.store import connection
+    from liu.store.bars import US, filter_sql
 
-    from liu.sources.replay import _bound
-
-    lo, hi = _bound(spec.data.start, False), _bound(spec.data.end, True)
-    conn = await asyncpg.connect(dsn)
-    try:
+    sql, args = filter_sql(list(spec.data.symbols), spec.data.start, spec.data.end)
+    async with connection(dsn) as conn:
         rows = await conn.fetch(
-            "SELECT symbol, (extract(epoch FROM symbol_date) * 1e6)::int8 AS us, open, high, low, close, volume "
-            "FROM stock_ohlc WHERE symbol = ANY($1::text[]) "
-            "AND ($2::int8 IS NULL OR symbol_date >= to_timestamp($2::int8 / 1e9)) "
-            "AND ($3::int8 IS NULL OR symbol_date < to_timestamp($3::int8 / 1e9)) ORDER BY symbol, symbol_date",
-            list(spec.data.symbols),
-            lo,
-            hi,
+            f"SELECT symbol, {US} AS us, open, high, low, close, volume FROM stock_ohlc{sql}"
+            " ORDER BY symbol, symbol_date",
+            *args,
         )
-    finally:
-        await conn.close()
     cols = ["symbol", "us", "open", "high", "low", "close", "volume"]
     df = pd.DataFrame([tuple(r) for r in rows], columns=cols)
     df["ts"] = df.pop("us").astype("int64") * 1000

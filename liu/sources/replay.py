@@ -93,6 +93,19 @@ def _ny_day(ts_ns: np.ndarray) -> np.ndarray:
     return local.to_numpy(dtype="datetime64[D]").view("int64")
 
 
+def bounds(start: Any, end: Any) -> tuple[int | None, int | None]:
+    """(start, end) filter values as UTC ns: dates or timestamps, naive = New York, an end date inclusive."""
+    return _bound(start, False), _bound(end, True)
+
+
+def bar_times(df: pd.DataFrame, fmt: str) -> np.ndarray:
+    """Each row's data time (UTC ns, bar start) for a file of format `fmt`."""
+    if fmt == "daily":
+        return _to_ns(pd.to_datetime(df["date"], format="ISO8601").dt.tz_localize(NY))
+    ts = _to_ns(pd.to_datetime(df["timestamp"], utc=True, format="ISO8601"))
+    return ts - MINUTE_NS if fmt == "minute_end" else ts
+
+
 def _bound(value, end: bool) -> int | None:
     """A start / end filter value (date or timestamp; naive means New York) as UTC ns."""
     if value is None:
@@ -155,14 +168,8 @@ class ReplayFeed:
             if susp.dtype != bool:
                 susp = susp.astype(str).str.lower().eq("true")
             df = df[~susp.to_numpy()]
-        if self.format == "daily":
-            day = pd.to_datetime(df["date"], format="ISO8601")
-            ts = _to_ns(day.dt.tz_localize(NY))
-        else:
-            ts = _to_ns(pd.to_datetime(df["timestamp"], utc=True, format="ISO8601"))
-            if self.format == "minute_end":
-                ts = ts - MINUTE_NS
-        lo, hi = _bound(start, False), _bound(end, True)
+        ts = bar_times(df, self.format)
+        lo, hi = bounds(start, end)
         keep = np.ones(len(ts), dtype=bool)
         if lo is not None:
             keep &= ts >= lo

@@ -11,19 +11,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
-
 from liu.clock import FakeClock
 from liu.events import BAR
+from liu.store.db import connection
 from liu.store.writer import ns_to_datetime
 
 _CHUNK = 20_000
-
-
-def _bounds(start: Any, end: Any) -> tuple[int | None, int | None]:
-    from liu.sources.replay import _bound
-
-    return _bound(start, False), _bound(end, True)
 
 
 async def import_bars(dsn: str, path: Path) -> int:
@@ -36,9 +29,8 @@ async def import_bars(dsn: str, path: Path) -> int:
     feed = ReplayFeed(path, speed=None, batch=_CHUNK)
     if feed.format not in ("lean_minute", "minute_end", "daily"):
         raise ValueError(f"{path}: {feed.format} holds ticks, not bars; import a bar file")
-    conn = await asyncpg.connect(dsn)
     n = 0
-    try:
+    async with connection(dsn) as conn:
         async for frame in feed.frames(FakeClock(0)):
             rows = [
                 (m["S"], ns_to_datetime(m["t"].to_unix_nano()), m["o"], m["h"], m["l"], m["c"], m["v"])
@@ -64,13 +56,17 @@ async def import_bars(dsn: str, path: Path) -> int:
                     """
                 )
             n += len(rows)
-    finally:
-        await conn.close()
     return n
 
 
-def _where(symbols: list[str] | None, start: Any, end: Any) -> tuple[str, list[Any]]:
-    lo, hi = _bounds(start, end)
+US = "(extract(epoch FROM symbol_date) * 1000000)::bigint"  # a bar's time in µs (exact: timestamptz is µs)
+
+
+def filter_sql(symbols: list[str] | None, start: Any, end: Any) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its arguments) selecting stock_ohlc rows of `symbols` from `start` to `end`."""
+    from liu.sources.replay import bounds
+
+    lo, hi = bounds(start, end)
     clauses, args = [], []
     if symbols is not None:
         args.append(symbols)
@@ -86,9 +82,8 @@ def _where(symbols: list[str] | None, start: Any, end: Any) -> tuple[str, list[A
 
 async def bars_universe(dsn: str, symbols: list[str] | None, start: Any, end: Any) -> dict[str, dict]:
     """symbol → {price, avg_volume, shortable} of the stored bars in range (what a feed's universe gives)."""
-    where, args = _where(symbols, start, end)
-    conn = await asyncpg.connect(dsn)
-    try:
+    where, args = filter_sql(symbols, start, end)
+    async with connection(dsn) as conn:
         rows = await conn.fetch(
             f"""
             SELECT symbol, (array_agg(close ORDER BY symbol_date))[1] AS price, avg(volume) AS avg_volume
@@ -96,8 +91,6 @@ async def bars_universe(dsn: str, symbols: list[str] | None, start: Any, end: An
             """,
             *args,
         )
-    finally:
-        await conn.close()
     return {
         r["symbol"]: {"price": r["price"], "avg_volume": r["avg_volume"], "shortable": True} for r in rows
     }
@@ -107,26 +100,20 @@ async def bar_batches(
     dsn: str, symbols: list[str] | None, start: Any, end: Any
 ) -> AsyncIterator[list[tuple]]:
     """The stored bars as BAR wire tuples in time order (symbol order within a time), in chunks."""
-    where, args = _where(symbols, start, end)
-    conn = await asyncpg.connect(dsn)
-    try:
-        async with conn.transaction():
-            cur = conn.cursor(
-                "SELECT symbol, (extract(epoch FROM symbol_date) * 1000000)::bigint AS us,"
-                f" open, high, low, close, volume FROM stock_ohlc{where} ORDER BY symbol_date, symbol",
-                *args,
-                prefetch=_CHUNK,
-            )
-            batch: list[tuple] = []
-            async for r in cur:
-                ts = r["us"] * 1000
-                batch.append(
-                    (BAR, r["symbol"], ts, r["open"], r["high"], r["low"], r["close"], r["volume"], ts)
-                )
-                if len(batch) >= _CHUNK:
-                    yield batch
-                    batch = []
-            if batch:
+    where, args = filter_sql(symbols, start, end)
+    async with connection(dsn) as conn, conn.transaction():
+        cur = conn.cursor(
+            f"SELECT symbol, {US} AS us, open, high, low, close, volume FROM stock_ohlc{where}"
+            " ORDER BY symbol_date, symbol",
+            *args,
+            prefetch=_CHUNK,
+        )
+        batch: list[tuple] = []
+        async for r in cur:
+            ts = r["us"] * 1000
+            batch.append((BAR, r["symbol"], ts, r["open"], r["high"], r["low"], r["close"], r["volume"], ts))
+            if len(batch) >= _CHUNK:
                 yield batch
-    finally:
-        await conn.close()
+                batch = []
+        if batch:
+            yield batch

@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import json
 import logging
 import re
 import socket
 import subprocess
 import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
 import liu
 from liu.errors import DatabaseError
+
+if TYPE_CHECKING:
+    from liu.plan import TradePlan
 
 log = logging.getLogger(__name__)
 
@@ -159,27 +166,33 @@ async def upgrade_async(dsn: str, revision: str = "head") -> None:
     await asyncio.to_thread(upgrade, dsn, revision)
 
 
+@asynccontextmanager
+async def connection(dsn: str, jsonb: bool = False) -> AsyncIterator[asyncpg.Connection]:
+    """One short-lived connection, closed on exit (for work off the hot path); `jsonb` maps JSON ⇄ Python."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        if jsonb:
+            await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        yield conn
+    finally:
+        await conn.close()
+
+
 async def create_database(dsn: str, name: str, template: str | None = None) -> None:
     """Create database `name` on the server of `dsn` if it does not exist."""
-    conn = await asyncpg.connect(dsn_for_database(dsn, "postgres"))
-    try:
+    async with connection(dsn_for_database(dsn, "postgres")) as conn:
         exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
         if not exists:
             sql = f'CREATE DATABASE "{name}"'
             if template:
                 sql += f' TEMPLATE "{template}"'
             await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 async def drop_database(dsn: str, name: str) -> None:
     """Drop database `name`, disconnecting its sessions first."""
-    conn = await asyncpg.connect(dsn_for_database(dsn, "postgres"))
-    try:
+    async with connection(dsn_for_database(dsn, "postgres")) as conn:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 # ------------------------------------------------------------- embedded server
@@ -276,3 +289,19 @@ async def prepare_database(dsn: str | None, data_dir: Path) -> tuple[str, Embedd
             await asyncio.to_thread(embedded.stop)
         raise
     return dsn, embedded
+
+
+async def prepare_plan_database(plan: TradePlan) -> tuple[str, EmbeddedPostgres | None]:
+    """`prepare_database` for the plan's `[database]` (a DSN, or the embedded server in `data_dir`)."""
+    return await prepare_database(plan.database.resolve_dsn(), plan.path(plan.database.data_dir))
+
+
+@contextmanager
+def plan_database(plan: TradePlan) -> Iterator[str]:
+    """For one-shot commands: the plan's database, ready, for the block; an embedded server stops after."""
+    dsn, embedded = asyncio.run(prepare_plan_database(plan))
+    try:
+        yield dsn
+    finally:
+        if embedded is not None:
+            embedded.stop()

@@ -7,23 +7,12 @@ its own short connection.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Iterable
 from typing import Any
 
-import asyncpg
+from liu.store.db import connection
 
 ENVS = ("PAPER", "BACKTEST", "LIVE")
-
-
-@asynccontextmanager
-async def connection(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    """One short-lived connection, closed on exit (for bookkeeping off the hot path)."""
-    conn = await asyncpg.connect(dsn)
-    try:
-        yield conn
-    finally:
-        await conn.close()
 
 
 async def create_runs(
