@@ -88,6 +88,12 @@ class FeaturePipeline:
                 r = f.refs[0]
                 self._window[r] = max(self._window.get(r, 1), window(f.kind, f.n))
         self._calls, self.stream_source = _stream_program(self)
+        # Per call, what each stream's warm-up needs (abstract.Function is slow: built once, here).
+        self._call_info: list[tuple[int, Any]] = []
+        for f in self._calls:
+            n_out = len(abstract.Function(f.function).info["output_names"])
+            lookback = abstract.Function(f.function, **f.params).lookback
+            self._call_info.append((lookback, (NAN,) * n_out if n_out > 1 else NAN))
         self._code = compile(self.stream_source, f"<liu.ml.pipeline stream of {spec.name!r}>", "exec")
         self._pack = struct.Struct(f"={self.width}d").pack_into
 
@@ -203,11 +209,10 @@ class _TaNode:
     """Warm-up of one TA-Lib call: NaN until its inputs have been defined for `lookback + 1` bars (TA-Lib
     skips leading NaNs in batch), then the talib.stream object built from that input history."""
 
-    def __init__(self, f: TaFeature) -> None:
+    def __init__(self, f: TaFeature, lookback: int, nan: Any) -> None:
         self.feature = f
-        self.lookback = abstract.Function(f.function, **f.params).lookback
-        n_out = len(abstract.Function(f.function).info["output_names"])
-        self.nan: Any = (NAN,) * n_out if n_out > 1 else NAN
+        self.lookback = lookback
+        self.nan = nan
         self.history: list[list[float]] = [[] for _ in f.refs]
         self.valid = 0  # bars since the first bar with every input defined
         self.obj: Any = None
@@ -238,7 +243,9 @@ class FeatureStream:
         self.width = pipeline.width
         self.bars = 0
         self._lookback = pipeline.lookback
-        self._nodes = [_TaNode(f) for f in pipeline._calls]
+        self._nodes = [
+            _TaNode(f, *info) for f, info in zip(pipeline._calls, pipeline._call_info, strict=True)
+        ]
         buf = array.array("d", [NAN] * pipeline.width)
         self._ns: dict[str, Any] = {
             "quiet": _quiet,
