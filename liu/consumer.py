@@ -266,7 +266,8 @@ def consumer_main(setup: ConsumerSetup, channel: Connection, results: Connection
             from liu.ml.inference import load_plan_models
             from liu.ml.predictions import PredictionWriter
 
-            models = await load_plan_models(setup.plan, setup.dsn)
+            # The daemon checked the specs' estimators already; a consumer never imports scikit-learn.
+            models = await load_plan_models(setup.plan, setup.dsn, features_only=True)
             for pm in models:
                 log.info("model %s: serving version %d (%s)", pm.name, pm.loaded.version, pm.loaded.path)
             if setup.dsn is not None:

@@ -423,8 +423,11 @@ class PlanModel:
     loaded: LoadedModel | None = None
 
 
-def plan_models(plan: Any, dsn: str | None) -> list[PlanModel]:
-    """Specs → pipelines and registries for every model of the plan's strategies (nothing loaded yet)."""
+def plan_models(plan: Any, dsn: str | None, features_only: bool = False) -> list[PlanModel]:
+    """Specs → pipelines and registries for every model of the plan's strategies (nothing loaded yet).
+
+    `features_only`: skip the specs' estimator checks (a consumer, after the daemon checked them all).
+    """
     from liu.ml.pipeline import FeaturePipeline
     from liu.ml.registry import Registry
     from liu.ml.spec import load_spec
@@ -436,7 +439,7 @@ def plan_models(plan: Any, dsn: str | None) -> list[PlanModel]:
             path = plan.path(ref.spec).resolve()
             pm = by_spec.get(path)
             if pm is None:
-                spec = load_spec(path)
+                spec = load_spec(path, features_only)
                 if spec.name in names:
                     raise ConfigError(
                         f"tradeplan: specs {names[spec.name]} and {path} both define model {spec.name!r}; "
@@ -478,9 +481,9 @@ async def serving_version(pm: PlanModel, dsn: str | None) -> int:
     return int(version)
 
 
-async def load_plan_models(plan: Any, dsn: str | None) -> list[PlanModel]:
+async def load_plan_models(plan: Any, dsn: str | None, features_only: bool = False) -> list[PlanModel]:
     """Every model of the plan, at its pinned or serving version, loaded and validated (in a thread)."""
-    models = plan_models(plan, dsn)
+    models = plan_models(plan, dsn, features_only)
     for pm in models:
         version = await serving_version(pm, dsn)
         pm.loaded = await asyncio.to_thread(load_version, pm, version)

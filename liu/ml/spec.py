@@ -65,6 +65,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -267,8 +268,9 @@ class EstimatorSpec(_Table):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
-    def _sklearn_class(self) -> EstimatorSpec:
-        self.resolve()
+    def _sklearn_class(self, info: ValidationInfo) -> EstimatorSpec:
+        if _check_estimator(info):
+            self.resolve()
         return self
 
     def resolve(self) -> type:
@@ -294,6 +296,11 @@ class EstimatorSpec(_Table):
 
     def build(self):
         return self.resolve()(**self.params)
+
+
+def _check_estimator(info: ValidationInfo) -> bool:
+    """False when the caller only needs the features (a consumer): then scikit-learn is never imported."""
+    return not (info.context or {}).get("features_only", False)
 
 
 _BAR_SIZE = re.compile(r"^(\d+)(min|h|d)$")
@@ -361,7 +368,7 @@ class ModelSpec(_Table):
     file: Path | None = None
 
     @model_validator(mode="after")
-    def _references(self) -> ModelSpec:
+    def _references(self, info: ValidationInfo) -> ModelSpec:
         known = set(COLUMNS)
         for i, f in enumerate(self.features):
             if f.name in known:
@@ -386,17 +393,8 @@ class ModelSpec(_Table):
                 raise ValueError(
                     f"[validation] {key}: given {value}, expected >= the label horizon ({lab.horizon} bars)"
                 )
-        est = self.estimator.resolve()
-        from sklearn.base import is_classifier, is_regressor
-
-        if lab.task == "classification" and not is_classifier(est()):
-            raise ValueError(
-                f"[estimator] class: {self.estimator.class_} is not a classifier, but the label has classes"
-            )
-        if lab.task == "regression" and not is_regressor(est()):
-            raise ValueError(
-                f"[estimator] class: {self.estimator.class_} is not a regressor, but [label] classes = 0"
-            )
+        if _check_estimator(info):
+            self._estimator_fits_label()
         if self.registry.metric in ("roc_auc", "accuracy", "log_loss") and lab.task == "regression":
             raise ValueError(
                 f"[registry] metric: {self.registry.metric!r} needs a classifier; use r2, mae or rmse"
@@ -406,6 +404,20 @@ class ModelSpec(_Table):
                 f"[registry] metric: {self.registry.metric!r} is for regressors; use roc_auc or log_loss"
             )
         return self
+
+    def _estimator_fits_label(self) -> None:
+        lab = self.label
+        proto = self.estimator.resolve()()
+        from sklearn.base import is_classifier, is_regressor
+
+        if lab.task == "classification" and not is_classifier(proto):
+            raise ValueError(
+                f"[estimator] class: {self.estimator.class_} is not a classifier, but the label has classes"
+            )
+        if lab.task == "regression" and not is_regressor(proto):
+            raise ValueError(
+                f"[estimator] class: {self.estimator.class_} is not a regressor, but [label] classes = 0"
+            )
 
     def path(self, value: str) -> Path:
         p = Path(value).expanduser()
@@ -444,19 +456,29 @@ def _describe(err: dict) -> str:
 
 
 def parse_spec(
-    raw: dict, source: str = "model spec", base_dir: Path = Path("."), file: Path | None = None
+    raw: dict,
+    source: str = "model spec",
+    base_dir: Path = Path("."),
+    file: Path | None = None,
+    features_only: bool = False,
 ) -> ModelSpec:
-    """Validate a spec dict; raise ConfigError with one line naming `source` and the key."""
+    """Validate a spec dict; raise ConfigError with one line naming `source` and the key.
+
+    `features_only` skips the estimator checks (they import scikit-learn: seconds and ~90 MB), for
+    processes that only compute features and score ONNX files.
+    """
     try:
-        return ModelSpec.model_validate({**raw, "base_dir": base_dir, "file": file})
+        return ModelSpec.model_validate(
+            {**raw, "base_dir": base_dir, "file": file}, context={"features_only": features_only}
+        )
     except ValidationError as e:
         errors = e.errors()
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         raise ConfigError(f"{source}: {_describe(errors[0])}{more}") from None
 
 
-def load_spec(path: str | Path) -> ModelSpec:
-    """Read and validate a model spec TOML file."""
+def load_spec(path: str | Path, features_only: bool = False) -> ModelSpec:
+    """Read and validate a model spec TOML file (see `parse_spec` for `features_only`)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"model spec {path}: file not found")
@@ -467,4 +489,10 @@ def load_spec(path: str | Path) -> ModelSpec:
     for key in ("base_dir", "file"):
         if key in raw:
             raise ConfigError(f"model spec {path}: unknown key {key!r}")
-    return parse_spec(raw, source=str(path), base_dir=path.resolve().parent, file=path.resolve())
+    return parse_spec(
+        raw,
+        source=str(path),
+        base_dir=path.resolve().parent,
+        file=path.resolve(),
+        features_only=features_only,
+    )

@@ -146,3 +146,22 @@ def test_backtest_table_sets_the_fold_backtest_and_rejects_unknown_keys(tmp_path
     assert (settings.threshold, settings.allocation, settings.enabled) == (0.7, 0.5, True)
     msg = _bad(tmp_path, spec_text("bars.csv") + "\n[backtest]\nthreshhold = 0.7\n")
     assert "backtest" in msg and "threshhold" in msg
+
+
+def test_features_only_load_checks_features_but_never_imports_sklearn(tmp_path: Path) -> None:
+    """What a consumer loads: the features are still validated; the estimator is the daemon's to check."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from liu.ml.spec import load_spec; "
+        "s = load_spec('models/sma_rsi.toml', features_only=True); "
+        "print(len(s.features), 'sklearn' in sys.modules)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    out = run.stdout
+    assert out.split() == ["12", "False"]
+    with pytest.raises(ConfigError, match="RSX"):
+        path = tmp_path / "bad.toml"
+        path.write_text(spec_text("bars.csv").replace('function = "SMA"', 'function = "RSX"'))
+        load_spec(path, features_only=True)
