@@ -92,7 +92,7 @@ def replay_config(plan: TradePlan, data: Path | None, start: Any, end: Any) -> d
     if data is not None:
         if not data.exists():
             raise ConfigError(f"backtest --data {data}: file not found (expected a CSV or Parquet file)")
-        symbols = plan.source.symbols if isinstance(plan.source.symbols, list) else None
+        symbols = plan.source.symbol_list
         cfg: dict[str, Any] = {"kind": "replay", "path": str(data), "symbols": symbols}
     else:
         cfg = feed_config(plan)
@@ -155,7 +155,7 @@ def _open_feed(plan: TradePlan, data: Path | None, start: Any, end: Any) -> tupl
         raise ConfigError(f"backtest data {cfg.get('path')}: {e}") from None
     if cfg["kind"] == "replay":
         return feed, FakeClock(feed.first_ts() or 0), None
-    speed = 1.0 if plan.session.speed == "max" else float(plan.session.speed)
+    speed = plan.session.clock_speed or 1.0
     epoch = sim_epoch(plan)
     step = int(plan.source.batch / plan.source.rate * speed * NS)
     return feed, _SimClock(epoch, speed, step), epoch + int(plan.session.duration * speed * NS)
@@ -212,7 +212,7 @@ async def backtest(
             raise ConfigError("backtest --from-db needs a database (the plan's [database])")
         from liu.store.bars import bar_batches, bars_universe
 
-        symbols = plan.source.symbols if isinstance(plan.source.symbols, list) else None
+        symbols = plan.source.symbol_list
         universe = await bars_universe(dsn, symbols, start, end)
         if not universe:
             raise ConfigError("backtest --from-db: no bars in stock_ohlc for the plan's symbols and dates")
@@ -325,7 +325,7 @@ async def _drive(
         eq.append(total)
 
     runner.sample_minutes(sample)
-    next_scan = min((s.next_run for s in scanners.scanners), default=None)
+    next_scan = scanners.next_due()
     bar = None
     if console is not None:
         bar = Progress(
@@ -373,15 +373,12 @@ async def _scan(
 ) -> int | None:
     """Run the scanners that are due and route what they picked; return when the next one is due."""
     for sched, symbols in await scanners.run_due(now):
-        known = [s for s in symbols if s in scanners.universe]
-        if known:
-            runner.assign(known, sched.targets)
-            if store is not None:
-                from liu.store import add_trending
+        runner.assign(symbols, sched.targets)
+        if store is not None:
+            from liu.store import add_trending
 
-                await add_trending(store[0], store[1], sched.scanner.name, known)
-    pending = [s.next_run for s in scanners.scanners if not s.done]
-    return min(pending) if pending else None
+            await add_trending(store[0], store[1], sched.scanner.name, symbols)
+    return scanners.next_due()
 
 
 def run_backtest(plan: TradePlan, **options: Any) -> BacktestResult:

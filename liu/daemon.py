@@ -58,7 +58,6 @@ class Session:
     consumers: int
     reason: str | None = None
     exit_code: int = 0
-    messages: list[tuple] = field(default_factory=list)
     reports: dict[int, ConsumerReport] = field(default_factory=dict)
     gaps: list[float] = field(default_factory=list)
     source_events: int | None = None
@@ -225,7 +224,7 @@ class Daemon:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, session.end, sig.name)
 
-            speed = None if plan.session.speed == "max" else float(plan.session.speed)
+            speed = plan.session.clock_speed
             data0 = (first_ts or time.time_ns()) if plan.source.kind == "replay" else sim_epoch(plan)
             scan_runner = ScannerRunner(scanners, universe)
             if not scanners:  # no scanner: every strategy trades the whole universe
@@ -262,15 +261,8 @@ class Daemon:
 
     async def _scan(self, runner: ScannerRunner, now: int) -> None:
         for sched, symbols in await runner.run_due(now):
-            known = [s for s in symbols if s in runner.universe]
-            unknown = sorted(set(symbols) - set(known))
-            if unknown:
-                log.warning(
-                    "scanner %s picked symbols the source does not have: %s", sched.scanner.name, unknown[:10]
-                )
-            if known:
-                await self._subscribe(Assign(tuple(known), sched.targets, sched.scanner.name))
-                await add_trending(self.dsn, self.session.batch_id, sched.scanner.name, known)
+            await self._subscribe(Assign(tuple(symbols), sched.targets, sched.scanner.name))
+            await add_trending(self.dsn, self.session.batch_id, sched.scanner.name, symbols)
 
     async def _wait_subscribed(self, timeout: float) -> None:
         if not self._pending_subs:

@@ -49,6 +49,11 @@ class SessionPlan(_Table):
     env: Literal["PAPER", "LIVE", "BACKTEST"] = "PAPER"
     portfolio_interval: Duration = 60.0
 
+    @property
+    def clock_speed(self) -> float | None:
+        """`speed` for the clock: None means as fast as possible ("max")."""
+        return None if self.speed == "max" else float(self.speed)
+
     @model_validator(mode="after")
     def _speed_positive(self) -> SessionPlan:
         if self.speed != "max" and not self.speed > 0:
@@ -70,6 +75,11 @@ class SourcePlan(_Table):
     bars: Literal["trades", "stream"] = "trades"
     feed: Literal["iex", "sip"] = "iex"
     url: str | None = None
+
+    @property
+    def symbol_list(self) -> list[str] | None:
+        """The symbols named in `symbols`, or None when it is a count (the simulator's) or all of a file."""
+        return self.symbols if isinstance(self.symbols, list) else None
 
     @model_validator(mode="after")
     def _replay_needs_path(self) -> SourcePlan:

@@ -75,13 +75,19 @@ class ScheduledScanner:
 
 
 class ScannerRunner:
-    """Runs scanners when they are due, in market time; returns what each picked."""
+    """Runs scanners when they are due, in market time; returns what each picked, and when the next is due."""
 
     def __init__(self, scanners: list[ScheduledScanner], universe: dict[str, SymbolInfo]) -> None:
         self.scanners = scanners
         self.universe = universe
 
+    def next_due(self) -> int | None:
+        """Market time the next scanner run is due (None: no scanner will run again)."""
+        pending = [s.next_run for s in self.scanners if not s.done]
+        return min(pending) if pending else None
+
     async def run_due(self, now_ns: int) -> list[tuple[ScheduledScanner, list[str]]]:
+        """Each due scanner with the symbols it picked that the universe has (others are logged, dropped)."""
         import inspect
 
         picked = []
@@ -93,10 +99,17 @@ class ScannerRunner:
                 if inspect.isawaitable(result):
                     result = await result
                 symbols = [str(x) for x in (result or [])]
+                unknown = sorted(set(symbols) - self.universe.keys())
+                if unknown:
+                    log.warning(
+                        "scanner %s picked symbols the source does not have: %s", s.scanner.name, unknown[:10]
+                    )
+                    symbols = [x for x in symbols if x in self.universe]
             except Exception:
                 log.exception("scanner %s raised; it picked nothing this time", s.scanner.name)
                 symbols = []
-            picked.append((s, symbols))
+            if symbols:
+                picked.append((s, symbols))
             if s.recurrence_ns:
                 s.next_run = now_ns + s.recurrence_ns
             else:

@@ -97,8 +97,8 @@ def feed_config(plan: TradePlan, key: str = "", secret: str = "") -> dict[str, A
     path = plan.path(src.path or "")
     if not path.exists():
         raise ConfigError(f"tradeplan [source] path: {path} does not exist (expected a CSV or Parquet file)")
-    speed = None if plan.session.speed == "max" else float(plan.session.speed)
-    symbols = src.symbols if isinstance(src.symbols, list) else None
+    speed = plan.session.clock_speed
+    symbols = src.symbol_list
     return base | {
         "kind": "replay",
         "path": str(path),

@@ -296,9 +296,6 @@ class ReplayFeed:
         """Data time of the first event (quote ticks: of the first row)."""
         return int(self._ev_ts[0]) if len(self._ev_ts) else None
 
-    def symbols(self) -> list[str]:
-        return list(self._universe)
-
     async def frames(self, clock: Clock) -> AsyncIterator[list[dict] | Encoded]:
         ev_ts = self._ev_ts
         n = len(ev_ts)

@@ -112,7 +112,6 @@ class MarketDataServer:
         self.write_limit = write_limit
         self.yield_every = yield_every
         self.sent_events = 0
-        self.frames_sent = 0
         self.feed_done = asyncio.Event()
         self.feed_error: BaseException | None = None
         self._conns: dict[ServerConnection, _Conn] = {}
@@ -154,10 +153,6 @@ class MarketDataServer:
             server.close()
             await server.wait_closed()
         self._conns.clear()
-
-    @property
-    def connections(self) -> int:
-        return len(self._conns)
 
     def subscribers(self) -> int:
         """Authenticated connections with a non-empty data subscription."""
@@ -225,7 +220,6 @@ class MarketDataServer:
                 if await self._send(conn, frame.data):
                     conn.sent += frame.count
                     self.sent_events += frame.count
-        self.frames_sent += 1
 
     async def _send_msgs(self, msgs: list[dict]) -> None:
         cache: dict[tuple, tuple[bytes | None, int]] = {}
@@ -242,7 +236,6 @@ class MarketDataServer:
             if data is not None and await self._send(conn, data):
                 conn.sent += count
                 self.sent_events += count
-        self.frames_sent += 1
 
     # -- connections -----------------------------------------------------------
 

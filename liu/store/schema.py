@@ -218,5 +218,3 @@ predictions = Table(
     Index("ix_predictions_batch_id_model", "batch_id", "model"),
     Index("ix_predictions_model_version", "model", "version"),
 )
-
-TABLES = [t.name for t in metadata.sorted_tables]
