@@ -7,8 +7,10 @@ previous analysis rows, so running it twice leaves one copy.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import operator
 from collections.abc import Sequence
 
 import numpy as np
@@ -109,10 +111,13 @@ async def list_batches(dsn: str) -> list[dict]:
 
 async def latest_batch(dsn: str) -> str:
     """The most recently started batch id; BatchNotFound when the database has none."""
-    batches = await list_batches(dsn)
-    if not batches:
+    async with connection(dsn) as conn:
+        batch_id = await conn.fetchval(
+            "SELECT batch_id FROM algo_run GROUP BY batch_id ORDER BY min(start_time) DESC, batch_id DESC LIMIT 1"
+        )
+    if batch_id is None:
         raise BatchNotFound("database has no batch yet (no algo_run rows): run `trader` or `trader backtest`")
-    return batches[0]["batch_id"]
+    return batch_id
 
 
 async def load_start_cash(dsn: str, batch_id: str) -> float | None:
@@ -142,8 +147,10 @@ async def load_bars(
             None if end_ns is None else ns_to_datetime(end_ns),
         )
     out: dict[str, dict[str, np.ndarray]] = {}
-    for sym in dict.fromkeys(r["symbol"] for r in rows):
-        sel = [r for r in rows if r["symbol"] == sym]
+    for sym, group in itertools.groupby(
+        rows, key=operator.itemgetter("symbol")
+    ):  # rows come sorted by symbol
+        sel = list(group)
         out[sym] = {"ts": np.array([r["ts_ns"] for r in sel], dtype=np.int64)}
         for col in ("open", "high", "low", "close", "volume"):
             out[sym][col] = np.array([r[col] for r in sel], dtype=np.float64)
@@ -281,7 +288,7 @@ async def batch_report(
         symbols = sorted({f.symbol for f in fills})
         bars = await load_bars(dsn, symbols, fills[0].ts - _DAY_NS, fills[-1].ts + _DAY_NS)
         if bars:
-            first = min(f.ts for f in fills)
+            first = fills[0].ts  # fills come in time order
             closes = {s: (t[t >= first], c[t >= first]) for s, (t, c) in bar_closes(bars).items()}
             equity = equity_from_fills(fills, float(start_cash), closes)
             source = "bar closes"

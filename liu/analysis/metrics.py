@@ -255,10 +255,10 @@ def compute_metrics(
     """Every headline metric of a run; `fees` defaults to the round trips' and open positions' fees."""
     equity_ts = np.asarray(equity_ts, dtype=np.int64)
     out = equity_metrics(equity_ts, equity, start_equity, periods_per_year)
-    out.update(trade_metrics(trips))
+    a = trip_arrays(trips)
+    out.update(_trade_stats(a["gain"], a["exit_ts"] - a["entry_ts"], a["r"]))
     if equity_ts.size:
         t0, t1 = int(equity_ts[0]), int(equity_ts[-1])
-        a = trip_arrays(trips)
         starts = np.concatenate([a["entry_ts"], [p.entry_ts for p in open_positions]]).astype(np.int64)
         ends = np.concatenate([a["exit_ts"], np.full(len(open_positions), t1, dtype=np.int64)])
         out["exposure"] = exposure(starts, ends, t0, t1)

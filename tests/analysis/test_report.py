@@ -10,22 +10,16 @@ import pytest
 from rich.console import Console
 
 from liu.analysis.report import build_report, equity_from_fills
-from liu.events import Fill
+from tests.analysis.test_trades import M, T, fill  # fill(..., t=minutes after T)
 
-T = 1_700_000_000 * 10**9
-M = 60 * 10**9
 DAY = 86_400 * 10**9
-
-
-def fill(coid, side, qty, price, fee=0.0, t=0, symbol="AAA", strategy="s", stop=None):
-    return Fill(coid, strategy, symbol, side, float(qty), float(price), float(fee), T + t, stop=stop)
 
 
 FILLS = [
     fill("a", "buy", 10, 10, fee=1, t=0),  # cash 899, AAA 10 @ 10
-    fill("b", "buy", 2, 50, t=M, symbol="BBB"),  # cash 799, BBB 2 @ 50
-    fill("c", "sell", 10, 12, fee=1, t=2 * M),  # cash 918, AAA flat
-    fill("d", "sell", 1, 40, t=2 * M, symbol="BBB", strategy="other"),  # same time: one sample; BBB marked 40
+    fill("b", "buy", 2, 50, t=1, symbol="BBB"),  # cash 799, BBB 2 @ 50
+    fill("c", "sell", 10, 12, fee=1, t=2),  # cash 918, AAA flat
+    fill("d", "sell", 1, 40, t=2, symbol="BBB", strategy="other"),  # same time: one sample; BBB marked 40
 ]
 
 
@@ -110,7 +104,7 @@ def test_print_shows_headline_and_breakdowns() -> None:
 
 
 def test_equity_marked_to_bar_closes_by_hand() -> None:
-    fills = [fill("a", "buy", 10, 10, fee=1, t=M), fill("b", "sell", 10, 13, t=4 * M)]
+    fills = [fill("a", "buy", 10, 10, fee=1, t=1), fill("b", "sell", 10, 13, t=4)]
     # Bar closes of AAA at 0, 2, 3 and 4 minutes; at 4 minutes the fill (13) is later than the bar (12.5).
     prices = {"AAA": (np.array([T, T + 2 * M, T + 3 * M, T + 4 * M]), np.array([9.0, 11.0, 9.5, 12.5]))}
     ts, eq = equity_from_fills(fills, 1000.0, prices)
