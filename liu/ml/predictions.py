@@ -7,46 +7,33 @@ rows stay buffered and the next flush retries them; `close` writes what is left.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
-import asyncpg
 import numpy as np
 
-from liu.errors import DatabaseError
-from liu.store.db import HINT, redact_dsn
-from liu.store.writer import _CONNECTION_ERRORS, PG_EPOCH_US, _connect, _first_line
+from liu.store.writer import _CONNECTION_ERRORS, PG_EPOCH_US, _Connected, _first_line
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ("batch_id", "model", "version", "symbol", "bar_ts", "outputs")
 
 
-class PredictionWriter:
+class PredictionWriter(_Connected):
     """One consumer's buffer of predictions and its own connection."""
 
+    label = "prediction writer"
+
     def __init__(self, dsn: str, batch_id: str, connect_timeout: float = 5.0) -> None:
-        self.dsn = dsn
+        super().__init__(dsn, connect_timeout)
         self.batch_id = batch_id
-        self.connect_timeout = connect_timeout
         self.written = 0
-        self.failed_flushes = 0
         self.dropped = 0
         self._rows: list[tuple] = []
-        self._conn: asyncpg.Connection | None = None
-        self._lock = asyncio.Lock()
-        self._failing = False
 
     @classmethod
     async def open(cls, dsn: str, batch_id: str) -> PredictionWriter:
         self = cls(dsn, batch_id)
-        try:
-            self._conn = await _connect(dsn, self.connect_timeout)
-        except Exception as exc:  # noqa: BLE001 - one line for the operator
-            raise DatabaseError(
-                f"database: prediction writer cannot connect to {redact_dsn(dsn)} "
-                f"({type(exc).__name__}: {_first_line(exc)}); {HINT}"
-            ) from None
+        await self._connect_or_raise()
         return self
 
     @property
@@ -68,26 +55,11 @@ class PredictionWriter:
                 return True
             rows, self._rows = self._rows, []
             try:
-                if self._conn is None or self._conn.is_closed():
-                    self._conn = await _connect(self.dsn, self.connect_timeout)
-                await self._conn.copy_records_to_table(
-                    "predictions", records=self._records(rows), columns=COLUMNS
-                )
+                conn = await self._connection()
+                await conn.copy_records_to_table("predictions", records=self._records(rows), columns=COLUMNS)
             except _CONNECTION_ERRORS as exc:
                 self._rows = rows + self._rows
-                self.failed_flushes += 1
-                if self._conn is not None:
-                    self._conn.terminate()
-                    self._conn = None
-                if not self._failing:
-                    self._failing = True
-                    log.error(
-                        "prediction writer: cannot write %d rows to %s (%s: %s); keeping them and retrying",
-                        len(self._rows),
-                        redact_dsn(self.dsn),
-                        type(exc).__name__,
-                        _first_line(exc),
-                    )
+                self._write_failed(exc)
                 return False
             except Exception as exc:  # noqa: BLE001 - the database refuses the rows themselves: retrying cannot help
                 self.dropped += len(rows)
@@ -100,11 +72,7 @@ class PredictionWriter:
                 )
                 return True
             self.written += len(rows)
-            if self._failing:
-                self._failing = False
-                log.warning(
-                    "prediction writer: writes work again after %d failed flushes", self.failed_flushes
-                )
+            self._write_worked()
             return True
 
     async def close(self) -> bool:
@@ -112,12 +80,4 @@ class PredictionWriter:
         ok = await self.flush()
         if not ok:
             ok = await self.flush()  # one retry on a fresh connection
-        if self._conn is not None:
-            try:
-                await self._conn.close(timeout=2)
-            except Exception:  # noqa: BLE001
-                self._conn.terminate()
-            self._conn = None
-        if not ok:
-            log.error("prediction writer: closed with %d predictions not written", self.pending)
-        return ok
+        return await self._close_connection(ok)

@@ -101,8 +101,81 @@ async def _connect(dsn: str, timeout: float) -> asyncpg.Connection:
     return conn
 
 
-class TradeWriter:
+class _Connected:
+    """What every batched writer does with its one connection: connect (or fail with one clear line),
+    reconnect after a failure, log a failure streak once and its end once, and close."""
+
+    label = "writer"
+
+    def __init__(self, dsn: str, connect_timeout: float) -> None:
+        self.dsn = dsn
+        self.connect_timeout = connect_timeout
+        self.failed_flushes = 0
+        self._conn: asyncpg.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._failing = False
+
+    @property
+    def pending(self) -> int:
+        raise NotImplementedError
+
+    async def _connect_or_raise(self) -> None:
+        try:
+            self._conn = await _connect(self.dsn, self.connect_timeout)
+        except Exception as exc:  # noqa: BLE001 - one line for the operator
+            raise DatabaseError(
+                f"database: {self.label} cannot connect to {redact_dsn(self.dsn)} "
+                f"({type(exc).__name__}: {_first_line(exc)}); {HINT}"
+            ) from None
+
+    async def _connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await _connect(self.dsn, self.connect_timeout)
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+
+    def _write_failed(self, exc: BaseException) -> None:
+        """The connection is gone (rows already put back): drop it, log once per failure streak."""
+        self.failed_flushes += 1
+        self._drop_connection()
+        if not self._failing:
+            self._failing = True
+            log.error(
+                "%s: cannot write %d rows to %s (%s: %s); keeping them and retrying",
+                self.label,
+                self.pending,
+                redact_dsn(self.dsn),
+                type(exc).__name__,
+                _first_line(exc),
+            )
+
+    def _write_worked(self) -> None:
+        if self._failing:
+            self._failing = False
+            log.warning(
+                "%s: database writes work again after %d failed flushes", self.label, self.failed_flushes
+            )
+
+    async def _close_connection(self, ok: bool) -> bool:
+        if self._conn is not None:
+            try:
+                await self._conn.close(timeout=2)
+            except Exception:  # noqa: BLE001
+                self._conn.terminate()
+            self._conn = None
+        if not ok:
+            log.error("%s: closed with %d rows not written", self.label, self.pending)
+        return ok
+
+
+class TradeWriter(_Connected):
     """Batches orders, status changes and fills of one consumer process into PostgreSQL."""
+
+    label = "trade writer"
 
     def __init__(
         self,
@@ -113,26 +186,21 @@ class TradeWriter:
         max_batch: int = 5000,
         connect_timeout: float = 5.0,
     ) -> None:
-        self.dsn = dsn
+        super().__init__(dsn, connect_timeout)
         self.batch_id = batch_id
         self.run_ids = dict(run_ids)
         self.flush_interval = flush_interval
         self.max_batch = max_batch
-        self.connect_timeout = connect_timeout
         self.orders_written = 0
         self.fills_written = 0
         self.updates_written = 0
-        self.failed_flushes = 0
         self.rows_dropped = 0
         self._orders: list[tuple] = []
         self._updates: list[tuple[str, str, str]] = []
         self._fills: list[tuple] = []
-        self._conn: asyncpg.Connection | None = None
-        self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closed = False
-        self._failing = False
 
     @classmethod
     async def open(
@@ -145,13 +213,7 @@ class TradeWriter:
     ) -> TradeWriter:
         """Connect and start the background flusher."""
         self = cls(dsn, batch_id, run_ids, flush_interval, max_batch)
-        try:
-            self._conn = await _connect(dsn, self.connect_timeout)
-        except Exception as exc:  # noqa: BLE001 - one line for the operator
-            raise DatabaseError(
-                f"database: trade writer cannot connect to {redact_dsn(dsn)} "
-                f"({type(exc).__name__}: {_first_line(exc)}); {HINT}"
-            ) from None
+        await self._connect_or_raise()
         self._task = asyncio.create_task(self._run(), name="liu-trade-writer")
         return self
 
@@ -241,16 +303,6 @@ class TradeWriter:
             for f in fills
         ]
 
-    async def _connection(self) -> asyncpg.Connection:
-        if self._conn is None or self._conn.is_closed():
-            self._conn = await _connect(self.dsn, self.connect_timeout)
-        return self._conn
-
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            self._conn.terminate()
-            self._conn = None
-
     async def _write(self, orders: list[tuple], updates: list[tuple], fills: list[Fill]) -> None:
         conn = await self._connection()
         async with conn.transaction():
@@ -317,17 +369,7 @@ class TradeWriter:
         self._orders = orders + self._orders
         self._updates = updates + self._updates
         self._fills = fills + self._fills
-        self.failed_flushes += 1
-        self._drop_connection()
-        if not self._failing:
-            self._failing = True
-            log.error(
-                "trade writer: cannot write %d rows to %s (%s: %s); keeping them and retrying",
-                self.pending,
-                redact_dsn(self.dsn),
-                type(exc).__name__,
-                _first_line(exc),
-            )
+        self._write_failed(exc)
 
     async def flush(self) -> bool:
         """Write everything buffered now; return False (rows kept for the next try) if the database is unreachable."""
@@ -357,11 +399,7 @@ class TradeWriter:
             self.orders_written += counts[0]
             self.updates_written += counts[1]
             self.fills_written += counts[2]
-            if self._failing:
-                self._failing = False
-                log.warning(
-                    "trade writer: database writes work again after %d failed flushes", self.failed_flushes
-                )
+            self._write_worked()
             return True
 
     async def _run(self) -> None:
@@ -382,13 +420,4 @@ class TradeWriter:
         if self._task is not None:
             await self._task
             self._task = None
-        ok = await self.flush()
-        if self._conn is not None:
-            try:
-                await self._conn.close(timeout=2)
-            except Exception:  # noqa: BLE001
-                self._conn.terminate()
-            self._conn = None
-        if not ok:
-            log.error("trade writer: closed with %d rows not written", self.pending)
-        return ok
+        return await self._close_connection(await self.flush())
