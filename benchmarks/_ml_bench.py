@@ -14,15 +14,15 @@ import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 from _synthetic import FIELDS, make_bars
 
 from liu.ml.export import outputs_of, to_onnx
-from liu.ml.labels import make_labels
 from liu.ml.pipeline import FeaturePipeline
 from liu.ml.registry import Registry
 from liu.ml.spec import load_spec
+from liu.ml.train import build_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 SPEC = REPO / "models" / "sma_rsi.toml"
@@ -66,6 +66,23 @@ def spec_copy(work: Path) -> Path:
     return path
 
 
+def train_and_place(spec, pipe: FeaturePipeline, bars: dict, version: int) -> tuple[Any, Path, int]:
+    """Fit the spec's estimator on `bars` with the training code's own dataset, and write the ONNX file
+    where the registry keeps `version` (no database: the plan pins it). (estimator, path, rows)."""
+    ds = build_dataset(spec, bars, pipe)
+    est = spec.estimator.build().fit(ds.X, ds.y)
+    meta = {
+        "liu.name": spec.name,
+        "liu.version": str(version),
+        "liu.feature_names": pipe.names,
+        "liu.spec_hash": pipe.spec_hash,
+    }
+    path = Registry(spec.registry_root, None).path(spec.name, version)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(to_onnx(est, pipe.width, meta))
+    return est, path, len(ds.y)
+
+
 def prepare(work: Path, symbols: int = 4, bars: int = 2500, seed: int = 11) -> BenchModel:
     """Train the spec's estimator on synthetic bars; write the ONNX file as registry version 1."""
     t0 = time.monotonic()
@@ -73,25 +90,8 @@ def prepare(work: Path, symbols: int = 4, bars: int = 2500, seed: int = 11) -> B
     spec = load_spec(spec_path)
     pipe = FeaturePipeline(spec)
     data = make_bars(symbols, bars, seed)
-    xs, ys = [], []
-    for i in range(symbols):
-        b = {c: data[c][i] for c in FIELDS}
-        x, y = pipe.batch(b), make_labels(spec.label, pipe.batch_named(b))
-        ok = ~np.isnan(x).any(axis=1) & ~np.isnan(y)
-        xs.append(x[ok])
-        ys.append(y[ok])
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    est = spec.estimator.build().fit(x, y)
-    meta = {
-        "liu.name": spec.name,
-        "liu.version": str(VERSION),
-        "liu.feature_names": pipe.names,
-        "liu.spec_hash": pipe.spec_hash,
-    }
-    onnx = to_onnx(est, pipe.width, meta)
-    path = Registry(spec.registry_root, None).path(spec.name, VERSION)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(onnx)
+    series = {f"S{i}": {**{c: data[c][i] for c in FIELDS}, "ts": data["ts"]} for i in range(symbols)}
+    est, path, rows = train_and_place(spec, pipe, series, VERSION)
     return BenchModel(
         spec_path=str(spec_path),
         name=spec.name,
@@ -101,8 +101,8 @@ def prepare(work: Path, symbols: int = 4, bars: int = 2500, seed: int = 11) -> B
         classes=list(outputs_of(est)),
         features=pipe.width,
         lookback=pipe.lookback,
-        train_rows=len(x),
+        train_rows=rows,
         train_s=round(time.monotonic() - t0, 2),
-        onnx_bytes=len(onnx),
+        onnx_bytes=path.stat().st_size,
         path=str(path),
     )

@@ -28,7 +28,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ sys.path.insert(0, str(HERE))
 
 import _synthetic as syn  # noqa: E402
 import numpy as np  # noqa: E402
+from peers._common import peak_rss_mb  # noqa: E402
 
 CASH = 100_000.0
 PEERS = ("backtrader", "nautilus", "backtesting")
@@ -118,10 +118,6 @@ def _plan(variant: str, n_sym: int):
     return parse_plan(raw, "backtest_speed plan", ROOT)
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def liu_child(bars_path: Path, variant: str, profile: Path | None) -> dict[str, Any]:
     """Run one liu variant over the bars; the JSON result of an engine run."""
     import gc
@@ -137,7 +133,7 @@ def liu_child(bars_path: Path, variant: str, profile: Path | None) -> dict[str, 
             elapsed=time.perf_counter() - t0,
             cpu=time.process_time() - c0,
             bars_seen=seen,
-            peak_rss_mb=_peak_rss_mb(),
+            peak_rss_mb=peak_rss_mb(),
         )
         return out
     from liu.backtest import run_backtest
@@ -175,7 +171,7 @@ def liu_child(bars_path: Path, variant: str, profile: Path | None) -> dict[str, 
         exits=sells,
         final_equity=equity,
         curve_final_equity=res.final_equity,
-        peak_rss_mb=_peak_rss_mb(),
+        peak_rss_mb=peak_rss_mb(),
     )
     return out
 

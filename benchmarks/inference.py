@@ -36,16 +36,16 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+from _ml_bench import train_and_place  # noqa: E402
 
 from liu.brokers.account import Account  # noqa: E402
 from liu.consumer import build_runner  # noqa: E402
 from liu.events import BAR, Bar  # noqa: E402
-from liu.ml.export import to_onnx  # noqa: E402
 from liu.ml.inference import ModelScorer, load_model  # noqa: E402
-from liu.ml.labels import make_labels  # noqa: E402
 from liu.ml.pipeline import FeaturePipeline  # noqa: E402
 from liu.ml.predictions import PredictionWriter  # noqa: E402
-from liu.ml.registry import Registry  # noqa: E402
 from liu.ml.spec import load_spec  # noqa: E402
 from liu.plan import parse_plan  # noqa: E402
 
@@ -91,22 +91,7 @@ def make_model(work: Path, bars: dict, trees: int):
     spec_path.write_text(text.replace('name = "sma_rsi"', 'name = "bench"', 1))
     spec = load_spec(spec_path)
     pipe = FeaturePipeline(spec)
-    xs, ys = [], []
-    for b in bars.values():
-        x, y = pipe.batch(b), make_labels(spec.label, pipe.batch_named(b))
-        ok = ~np.isnan(x).any(axis=1) & ~np.isnan(y)
-        xs.append(x[ok])
-        ys.append(y[ok])
-    est = spec.estimator.build().fit(np.concatenate(xs), np.concatenate(ys))
-    meta = {
-        "liu.name": "bench",
-        "liu.version": "1",
-        "liu.feature_names": pipe.names,
-        "liu.spec_hash": pipe.spec_hash,
-    }
-    path = Registry(spec.registry_root, None).path("bench", 1)
-    path.parent.mkdir(parents=True)
-    path.write_bytes(to_onnx(est, pipe.width, meta))
+    est, path, _ = train_and_place(spec, pipe, bars, 1)
     return spec_path, pipe, est, load_model(path, pipe, name="bench", version=1, spec_file=spec_path)
 
 

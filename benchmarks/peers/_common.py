@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+# The bars file's own reader and symbol names (NumPy only, so it imports in the peers' venv too).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _synthetic import load_bars as load  # noqa: E402, F401
+from _synthetic import symbols  # noqa: E402, F401
 
 FAST, SLOW = 10, 30
 
@@ -19,15 +22,6 @@ def args(description: str) -> argparse.Namespace:
     ap.add_argument("--bars", type=Path, required=True, help="NPZ written by benchmarks/_synthetic.py")
     ap.add_argument("--cash", type=float, default=100_000.0)
     return ap.parse_args()
-
-
-def load(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
-
-
-def symbols(n: int) -> list[str]:
-    return [f"S{i:02d}" for i in range(n)]
 
 
 def peak_rss_mb() -> float:
