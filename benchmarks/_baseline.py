@@ -3,7 +3,7 @@
 liu side (the real code, instrumented only from the outside):
 * `bench_serve`: liu's `MarketDataServer` with a pre-encoded `SimFeed`, whose rate
   the benchmark changes per step.
-* `bench_consumer_main`: liu's `consumer_main`, with `BenchConsumer` (a `Consumer`
+* `bench_consumer_main`: liu's `consumer_main` (liu.engine), with `BenchConsumer` (a `Consumer`
   that hands the batch's receive time and the benchmark's step to the strategy and,
   when the plan names models, publishes the scorer's counts every 50 ms).
 * the producer is liu's `producer_main`, unchanged.
@@ -45,8 +45,8 @@ ML_FIELDS = ("bars", "warming", "scored", "errors")
 class BenchConsumer(Consumer):
     """liu's Consumer; before each batch tells the strategy the benchmark step."""
 
-    def __init__(self, setup: BenchSetup, runner, keystores=None) -> None:
-        super().__init__(setup, runner, keystores)
+    def __init__(self, setup: BenchSetup, runner, keystores=None, models=None) -> None:
+        super().__init__(setup, runner, keystores, models)
         runner.bench_step, runner.bench_stride = 0, 1
         runner.bench_clock = None
         self.transport: dict[int, array] = {}  # step → producer receive → batch start, ns
@@ -85,7 +85,7 @@ class BenchConsumer(Consumer):
 
     async def run(self, reader) -> None:
         """liu's run; with a model scorer, its counts are published while it runs (off the event path)."""
-        if self.setup.ml_counts is None or self._scorer() is None:
+        if self.setup.ml_counts is None or self.models is None:
             await super().run(reader)
             return
         task = asyncio.create_task(self._publish_ml())
@@ -103,7 +103,7 @@ class BenchConsumer(Consumer):
     def _write_ml(self) -> None:
         out, base = self.setup.ml_counts, self.setup.index * len(ML_FIELDS)
         totals = [0] * len(ML_FIELDS)
-        for m in self._scorer().models.values():
+        for m in self.models.models.values():
             totals[0] += m.bars
             totals[1] += m.warming
             totals[2] += sum(m.scored.values())
@@ -124,10 +124,10 @@ class BenchConsumer(Consumer):
 
 def bench_consumer_main(setup: BenchSetup, channel, results) -> None:
     """liu's consumer_main, with BenchConsumer in place of Consumer."""
-    import liu.consumer as lc
+    import liu.engine as le
 
-    lc.Consumer = BenchConsumer
-    lc.consumer_main(setup, channel, results)
+    le.Consumer = BenchConsumer
+    le.consumer_main(setup, channel, results)
 
 
 # -- the market-data server ------------------------------------------------------
@@ -228,7 +228,7 @@ def baseline_consumer_main(setup: BenchSetup, q, results) -> None:
     """LiuAlgoTrader-style consumer: a blocking Queue.get per event, each event processed on its own."""
     import uvloop
 
-    from liu.consumer import build_runner
+    from liu.engine import build_runner
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

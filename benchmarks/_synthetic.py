@@ -110,7 +110,10 @@ def reference(
     (liu, backtrader with cheat-on-open, backtesting.py); a buy sizes as
     floor(available / close_t), where available = cash minus what pending buys
     reserved at their signal close. fill="close": fills at the signal close
-    (nautilus_trader's market orders from on_bar).
+    (nautilus_trader's market orders from on_bar). fill="next_open_cut": as
+    next_open, but a buy whose open gapped above what the cash pays is cut to
+    floor(cash left / open) shares, so cash never goes below zero (liu's broker;
+    the peers let such a fill overdraw the account).
     shared=False: each symbol trades its own account of `cash` (one engine run
     per symbol, like backtesting.py); final equity is then the sum.
     """
@@ -135,13 +138,17 @@ def reference(
         if s in pending:  # fill at this bar's open (next_open mode only)
             side, qty, res = pending.pop(s)
             px = o[s, t]
-            trades.append((t, s, side, qty, px))
+            if side == "buy" and fill == "next_open_cut":
+                qty = min(qty, float(np.floor((bal[a] - reserved[a] + res) / px)))
             if side == "buy":
-                bal[a] -= qty * px
                 reserved[a] -= res
-                held[s] += qty
-                entries[s] += 1
+                if qty > 0:
+                    trades.append((t, s, side, qty, px))
+                    bal[a] -= qty * px
+                    held[s] += qty
+                    entries[s] += 1
             else:
+                trades.append((t, s, side, qty, px))
                 bal[a] += qty * px
                 held[s] -= qty
                 exits[s] += 1

@@ -104,7 +104,13 @@ def _plan(variant: str, n_sym: int):
             "name": "sma_cross",
             "file": str(ROOT / "strategies" / "sma_cross.py"),
             "class": "SmaCross",
-            "config": {"fast_period": 10, "slow_period": 30, "allocation": 1.0, "allow_short": False},
+            "config": {
+                "fast_period": 10,
+                "slow_period": 30,
+                "allocation": 1.0,
+                "allow_short": False,
+                "stop_pct": 0.0,  # the peers' rules have no stop-loss
+            },
         }
     else:
         cls = {"dispatch": "DoNothing", "indicators": "ReadSmas"}[variant]
@@ -206,7 +212,7 @@ def run_child(cmd: list[str], timeout: float) -> dict[str, Any]:
 
 
 RULES = {  # which variant of the rules each engine implements, and why it differs from liu's
-    "liu": ("next_open", True, ""),
+    "liu": ("next_open_cut", True, "a gap-up buy is cut to what the cash pays; the peers overdraw"),
     "backtrader": ("next_open", True, ""),
     "backtesting": (
         "next_open",
@@ -253,11 +259,11 @@ def run_size(n_sym: int, n: int, args: argparse.Namespace, peer_py: Path | None,
     t0 = time.perf_counter()
     refs = {
         (fill, shared): syn.reference(bars, CASH, fill=fill, shared=shared)
-        for fill in ("next_open", "close")
+        for fill in ("next_open", "next_open_cut", "close")
         for shared in (True, False)
     }
     ref_s = time.perf_counter() - t0
-    liu_ref = refs[("next_open", True)]
+    liu_ref = refs[("next_open_cut", True)]
     print(
         f"[{label}] reference: {liu_ref.total_entries} entries, {liu_ref.total_exits} exits, "
         f"final equity {liu_ref.final_equity:,.6f} ({ref_s:.2f}s; {liu_ref.near_ties} near-tie bars)",
@@ -294,14 +300,14 @@ def run_size(n_sym: int, n: int, args: argparse.Namespace, peer_py: Path | None,
         fill, shared, why = RULES[name]
         shared = shared or n_sym == 1
         ok, diff = check(r, refs[(fill, shared)])
-        ok_liu, diff_liu = check(r, liu_ref) if (fill, shared) != ("next_open", True) else (ok, diff)
+        ok_liu, diff_liu = check(r, liu_ref) if (fill, shared) != ("next_open_cut", True) else (ok, diff)
         r["agreement"] = {
             "rules": f"fill={fill}, {'shared account' if shared else 'one account per symbol'}",
             "matches_reference_of_its_rules": ok,
             "difference_from_its_rules": diff,
             "matches_liu_rules": ok_liu,
             "difference_from_liu_rules": diff_liu,
-            "why_rules_differ": why if (fill, shared) != ("next_open", True) else "",
+            "why_rules_differ": why if (fill, shared) != ("next_open_cut", True) else "",
         }
         if "cpu" in r:
             r["bars_per_s"] = r["bars"] / r["cpu"]

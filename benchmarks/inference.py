@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE))
 from _ml_bench import train_and_place  # noqa: E402
 
 from liu.brokers.account import Account  # noqa: E402
-from liu.consumer import build_runner  # noqa: E402
+from liu.engine import build_runner  # noqa: E402
 from liu.events import BAR, Bar  # noqa: E402
 from liu.ml.inference import ModelScorer, load_model  # noqa: E402
 from liu.ml.pipeline import FeaturePipeline  # noqa: E402

@@ -5,7 +5,7 @@ Reproduce:  .venv/bin/python benchmarks/live_path.py [--json PATH] [--consumers 
                 [--strategy plain|ml|both] [--speed N] [--tries N]
 
 Processes are wired exactly as liu/daemon.py does (forkserver context, one Pipe(duplex=False) per
-consumer, Subscribe(Assign(all symbols)), wait for "subscribed", Start(ClockSpec) to the producer,
+consumer, Subscribe(Assign(all symbols)), wait for Subscribed, Start(ClockSpec) to the producer,
 ("start", spec) to the server, Stop at the end, ConsumerReports back). The server is liu's
 MarketDataServer with a pre-encoded SimFeed (trades only, 200 per frame); its rate is changed per step.
 
@@ -60,6 +60,7 @@ from _baseline import (  # noqa: E402
 from liu.brokers.account import Account  # noqa: E402
 from liu.clock import ClockSpec  # noqa: E402
 from liu.events import Assign, Start, Stop, Subscribe  # noqa: E402
+from liu.messages import ConsumerReady, Subscribed  # noqa: E402
 from liu.plan import parse_plan  # noqa: E402
 from liu.producer import producer_main  # noqa: E402
 from liu.stats import SharedStats  # noqa: E402
@@ -126,7 +127,7 @@ class Pipeline:
         self.speed = speed
         self.ml = model is not None
         ctx = self.ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["liu.consumer", "liu.producer", "liu.sources.server", "_baseline"])
+        ctx.set_forkserver_preload(["liu.engine", "liu.producer", "liu.sources.server", "_baseline"])
         entry = {
             "name": "bench",
             "file": STRATEGY,
@@ -162,7 +163,9 @@ class Pipeline:
         self.stats = SharedStats(consumers, ctx)
         self.control = ctx.RawArray("q", 2)
         self.ml_counts = ctx.RawArray("q", len(ML_FIELDS) * consumers) if self.ml else None
-        self.account = Account(self.plan.broker.cash, shared=True, ctx=ctx)
+        self.account = Account(
+            self.plan.broker.cash, shared=True, ctx=ctx, slots=consumers, strategies=len(self.plan.strategies)
+        )
         self.consumers, self.results, chans = [], [], []
         for i in range(consumers):
             res_r, res_w = ctx.Pipe(duplex=False)
@@ -209,7 +212,7 @@ class Pipeline:
         if not self.ctl.poll(30):
             raise RuntimeError("producer did not answer the subscription")
         msg = self.ctl.recv()
-        if msg[0] != "subscribed":
+        if not isinstance(msg, Subscribed):
             raise RuntimeError(f"producer: {msg}")
         self.wait_ready(120 if self.ml else 60)
         now = time.time_ns()
@@ -219,7 +222,7 @@ class Pipeline:
         self.server_conn.send(("start", spec))
 
     def wait_ready(self, timeout: float) -> None:
-        """Every consumer sends ("ready", i) once its runner (strategies, models) is built, as in the daemon."""
+        """Every consumer sends ConsumerReady(i) once its runner (strategies, models) is built, as in the daemon."""
         if self.mode == "queue":  # the baseline consumer sends no "ready"
             return
         for i, (conn, p) in enumerate(zip(self.results, self.consumers, strict=True)):
@@ -229,7 +232,7 @@ class Pipeline:
                 msg = conn.recv()
             except EOFError:
                 raise RuntimeError(f"consumer {i} exited during start-up (exit code {p.exitcode})") from None
-            if not (isinstance(msg, tuple) and msg[0] == "ready"):
+            if not isinstance(msg, ConsumerReady):
                 raise RuntimeError(f"consumer {i}: expected ready, got {msg!r}")
 
     # -- measuring -------------------------------------------------------

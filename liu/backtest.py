@@ -1,11 +1,12 @@
 """The backtester: the plan's scanners and strategies over recorded data, in one process, in time order.
 
 It is the daemon's event path without the sockets and processes. The runner
-comes from `liu.consumer.build_runner` (the same broker, fill model and
-settings as a consumer), the events come from the same feed the market-data
-server would replay, decoded by the producer's own `decode` into the same wire
-tuples. Scanners run on their recurrence in data time. So a strategy sees in a
-backtest exactly the events, in exactly the order, that it sees live.
+comes from `liu.engine.build_runner` (the same broker, fill model, risk checks
+and settings as a consumer), the events come from the same feed the
+market-data server would replay, decoded by the producer's own decode
+(`liu.sources.protocol.wire_event`) into the same wire tuples. Scanners run on
+their recurrence in data time. So a strategy sees in a backtest exactly the
+events, in exactly the order, that it sees live.
 
 `run_backtest` is a plain function returning a `BacktestResult`, so an
 optimizer or walk-forward driver can call it in a loop; `trader backtest`
@@ -29,22 +30,22 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from liu.brokers.account import Account
 from liu.clock import NS, ClockSpec, FakeClock
-from liu.consumer import build_runner
+from liu.engine import build_runner
 from liu.errors import ConfigError
 from liu.events import BAR, MALFORMED, Fill, Order
 from liu.plan import TradePlan
-from liu.producer import decode
 from liu.runner import Keystore, StrategyRunner
 from liu.scanner import ScannerRunner, load_scanners, symbol_infos
 from liu.sources.feeds import Feed, feed_config, make_feed, sim_epoch
-from liu.sources.protocol import encode
+from liu.sources.protocol import encode, wire_event
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class BacktestResult:
-    """What a backtest did: every order and fill, the equity curve and the runner's counts."""
+    """What a backtest did: every order and fill, the equity curve, the runner's counts (`RUNNER_COUNTERS`)
+    and the risk manager's refusals per rule."""
 
     batch_id: str
     start_cash: float
@@ -55,6 +56,7 @@ class BacktestResult:
     last_price: dict[str, float]
     counts: dict[str, int]
     strategies: dict[str, dict]
+    risk_refused: dict[str, int] = field(default_factory=dict)
     run_ids: dict[str, int] = field(default_factory=dict)
     report: Any = None  # liu.analysis Report, when the batch was stored and analysed
 
@@ -64,20 +66,25 @@ class BacktestResult:
 
 
 class _RecordingSink:
-    """Keeps every order the runner placed (and forwards to the database writer, if any)."""
+    """Keeps every order the runner placed, as of its latest update (and forwards to the database writer)."""
 
     def __init__(self, inner: Any = None) -> None:
         self.inner = inner
-        self.orders: list[Order] = []
+        self._orders: dict[str, Order] = {}  # client order id → latest snapshot, in placing order
+
+    @property
+    def orders(self) -> list[Order]:
+        return list(self._orders.values())
 
     def add_order(self, order: Order) -> None:
-        self.orders.append(order)
+        self._orders[order.client_order_id] = order
         if self.inner is not None:
             self.inner.add_order(order)
 
-    def update_order_status(self, client_order_id: str, status: str, reason: str) -> None:
+    def update_order(self, order: Order) -> None:
+        self._orders[order.client_order_id] = order
         if self.inner is not None:
-            self.inner.update_order_status(client_order_id, status, reason)
+            self.inner.update_order(order)
 
     def add_fill(self, fill: Fill) -> None:
         if self.inner is not None:
@@ -104,22 +111,18 @@ def replay_config(plan: TradePlan, data: Path | None, start: Any, end: Any) -> d
 
 
 async def _feed_batches(feed: Feed, clock: Any, end_ns: int | None) -> AsyncIterator[list[tuple]]:
-    """Decode the feed's frames exactly as the producer does (bad messages become MALFORMED events).
+    """The feed's frames as the producer decodes them (`wire_event`), without sharding or receive times.
 
     Each frame goes through the wire encoding and back (`encode`, then `unpackb(timestamp=2)` as in the
-    producer), so the tuples are bit-for-bit what a consumer receives from the server.
+    producer), so the tuples are bit-for-bit what a consumer receives from the server: malformed
+    messages of a symbol become MALFORMED events, unroutable and control messages are dropped.
     """
+    decode = wire_event
     async for frame in feed.frames(clock):
         batch = []
         for m in unpackb(encode(frame), timestamp=2):
-            try:
-                ev = decode(m, 0)
-            except Exception as e:
-                sym = m.get("S") if isinstance(m, dict) else None
-                if not isinstance(sym, str):
-                    continue
-                ev = (MALFORMED, sym, 0, f"{type(e).__name__}: {e}"[:200], 0)
-            if ev is not None:
+            ev = decode(m, 0)
+            if ev:
                 batch.append(ev)
         if end_ns is not None and batch and batch[-1][2] >= end_ns:
             batch = [ev for ev in batch if ev[2] < end_ns]
@@ -240,7 +243,7 @@ async def backtest(
         await record_account(dsn, batch_id, plan.broker.cash, {"backtest": True})
         writer = await TradeWriter.open(dsn, batch_id, run_ids)
 
-    account = Account(plan.broker.cash)
+    account = Account(plan.broker.cash, strategies=len(plan.strategies))
     sink = _RecordingSink(writer)
     keystores: dict[str, Keystore] = {}
     not_shortable = tuple(s for s, v in (universe or {}).items() if not v.get("shortable", True))
@@ -284,6 +287,7 @@ async def backtest(
         last_price=dict(runner.last_price),
         counts=dict(runner.counts),
         strategies=runner.report(),
+        risk_refused=dict(runner.risk.refused) if runner.risk is not None else {},
         run_ids=run_ids,
     )
     if dsn is not None:
@@ -421,8 +425,10 @@ def backtest_command(args: Any, console: Console) -> int:
     if args.json is not None:
         report.write_json(args.json)
     c = result.counts
+    refused = ", ".join(f"{rule} {n}" for rule, n in sorted(result.risk_refused.items()))
     console.print(
         f"backtest batch [cyan]{result.batch_id}[/]: {c['processed']} events, {c['orders']} orders "
-        f"({c['rejected']} rejected), {c['fills']} fills; report in {out}/"
+        f"({c['rejected']} rejected{f': risk {refused}' if refused else ''}, {c['cancelled']} cancelled, "
+        f"{c['expired']} expired), {c['fills']} fills; report in {out}/"
     )
     return 0

@@ -5,6 +5,7 @@ trader db upgrade|import FILE [--plan tradeplan.toml]
 trader backtest [--plan tradeplan.toml] [--start DATE] [--end DATE] [--data PATH | --from-db] [--json PATH]
 trader train SPEC.toml
 trader model list [NAME] | trader model promote NAME VERSION
+trader halt|resume|flatten|status [--plan tradeplan.toml]   (steer the running session; see liu.control)
 """
 
 from __future__ import annotations
@@ -49,7 +50,41 @@ def _parser() -> argparse.ArgumentParser:
     from liu.ml.cli import add_commands
 
     add_commands(sub)
+    for name, text in CONTROL_COMMANDS.items():
+        c = sub.add_parser(name, help=text)
+        c.add_argument(
+            "--plan", type=Path, default=argparse.SUPPRESS, help="tradeplan of the running session"
+        )
     return p
+
+
+CONTROL_COMMANDS = {
+    "halt": "running session: refuse orders that open or grow a position (reducing orders pass)",
+    "resume": "running session: lift a halt",
+    "flatten": "running session: halt, cancel every open order and close every position at market",
+    "status": "running session: account, halt state, open orders",
+}
+
+
+def _error(console: Console, message: str) -> None:
+    console.print(Text("error: ", style="red") + Text(message), highlight=False, soft_wrap=True)
+
+
+def _control(args: argparse.Namespace, console: Console) -> int:
+    """Send one command over the control channel; 0 when the daemon did it, 1 otherwise."""
+    from liu.control import ControlError, control_path, send_command
+    from liu.plan import load_plan
+
+    try:
+        answer = send_command(control_path(load_plan(args.plan)), args.command)
+    except ControlError as e:
+        _error(console, str(e))
+        return 1
+    if not answer["ok"]:
+        _error(console, answer["message"])
+        return 1
+    console.print(Text(answer["message"]), highlight=False, soft_wrap=True)
+    return 0
 
 
 def _db(args: argparse.Namespace, console: Console) -> int:
@@ -97,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             from liu.backtest import backtest_command
 
             return backtest_command(args, console)
+        if args.command in CONTROL_COMMANDS:
+            return _control(args, console)
         if args.command in ("train", "model"):
             from liu.ml.cli import run_command
 
@@ -106,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run(load_plan(args.plan), console, args.summary_json)
     except LiuError as e:
-        console.print(Text("error: ", style="red") + Text(str(e)), highlight=False, soft_wrap=True)
+        _error(console, str(e))
         return 2
 
 

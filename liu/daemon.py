@@ -32,9 +32,22 @@ from liu.analysis.batch import analyse_batch
 from liu.analysis.report import Report
 from liu.brokers.account import Account
 from liu.clock import NS, Clock, ClockSpec
-from liu.consumer import ConsumerSetup, consumer_main
+from liu.consumer import ConsumerSetup
+from liu.control import AccountControl, ControlServer, control_path
+from liu.engine import consumer_main
 from liu.errors import ConfigError
 from liu.events import Assign, ConsumerReport, Start, Stop, Subscribe
+from liu.messages import (
+    ConsumerReady,
+    ProducerFailed,
+    ProducerStopped,
+    Reconnected,
+    ServerFailed,
+    ServerReady,
+    ServerStopped,
+    SourceEnded,
+    Subscribed,
+)
 from liu.plan import TradePlan
 from liu.plugins import instantiate
 from liu.producer import producer_main
@@ -76,13 +89,14 @@ class Daemon:
         self.console = console
         self.summary_json = summary_json
         self.ctx = mp.get_context("forkserver")
-        self.ctx.set_forkserver_preload(["liu.consumer", "liu.producer", "liu.sources.server"])
+        self.ctx.set_forkserver_preload(["liu.engine", "liu.producer", "liu.sources.server"])
         self.embedded = None
         self.dsn: str | None = None
         self.server_proc = None
         self.server_conn = None
         self.producer = None
         self.control = None
+        self.control_server: ControlServer | None = None  # `trader halt|resume|flatten|status`
         self.consumers: list[Any] = []
         self.results: list[Any] = []
         self.session: Session | None = None
@@ -122,19 +136,17 @@ class Daemon:
         self.server_proc.start()
         child.close()
         msg = await self._recv(parent, timeout=120, what="market-data server start")
-        if msg[0] != "ready":
-            raise ConfigError(f"market-data server failed to start: {msg[1] if len(msg) > 1 else msg}")
-        port, universe = msg[1], msg[2]
-        first_ts = msg[3] if len(msg) > 3 else None
-        info = symbol_infos(universe)
-        return f"ws://127.0.0.1:{port}", info, first_ts
+        if not isinstance(msg, ServerReady):
+            reason = msg.reason if isinstance(msg, ServerFailed) else repr(msg)
+            raise ConfigError(f"market-data server failed to start: {reason}")
+        return f"ws://127.0.0.1:{msg.port}", symbol_infos(msg.universe), msg.first_ts
 
     async def _recv(self, conn: Any, timeout: float, what: str) -> Any:
         def recv() -> Any:
             try:
                 return conn.recv()
             except EOFError:
-                return ("failed", f"{what}: the process exited")
+                return ServerFailed(f"{what}: the process exited")
 
         if not await asyncio.to_thread(conn.poll, timeout):
             raise ConfigError(f"{what}: no answer within {timeout:.0f}s")
@@ -153,7 +165,11 @@ class Daemon:
         plan = self.plan
         # Keep a reference: forkserver children unpickle it after start() returns, and a
         # collected Lock unlinks its semaphore.
-        account = self.account = Account(plan.broker.cash, shared=True, ctx=self.ctx)
+        account = self.account = Account(
+            plan.broker.cash, shared=True, ctx=self.ctx, slots=n, strategies=len(plan.strategies)
+        )
+        if self.control_server is not None:
+            self.control_server.handler = AccountControl(account)
         writers = []
         for i in range(n):
             r, w = self.ctx.Pipe(duplex=False)
@@ -195,6 +211,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         session = None
         try:
+            # A second trader on this plan stops here, in one line, before touching the database.
+            self.control_server = ControlServer(control_path(plan))
+            await self.control_server.start()
             scanners, strategies = self._plugins()
             self.dsn, self.embedded = await prepare_plan_database(plan)
             if any(s.models for s in plan.strategies):  # a bad model stops the start with one clear line
@@ -236,7 +255,7 @@ class Daemon:
             spec = ClockSpec(data0, time.time_ns(), speed)
             clock = Clock(spec)
             self.control.send(Start(spec))
-            self.server_conn.send(("start", spec))
+            self.server_conn.send(Start(spec))
             log.info(
                 "clock started: data epoch %s, speed %s; %.2fs after spawning processes",
                 datetime.fromtimestamp(data0 / NS, NY).isoformat(),
@@ -249,6 +268,8 @@ class Daemon:
                 session.end(f"error: {type(e).__name__}: {e}", 1)
             raise
         finally:
+            if self.control_server is not None:
+                await self.control_server.close()
             if session is not None:
                 await self._shutdown(session)
             await self._stop_servers()
@@ -279,31 +300,29 @@ class Daemon:
             self.session.end("producer exited", 1)
             self._subscribed.set()
             return
-        kind = msg[0]
-        if kind == "subscribed":
-            self._pending_subs -= 1
-            if not self._pending_subs:
+        match msg:
+            case Subscribed():
+                self._pending_subs -= 1
+                if not self._pending_subs:
+                    self._subscribed.set()
+            case SourceEnded(events):
+                self.session.source_events = events
+                self.session.end("source ended")
+            case Reconnected(gap):
+                self.session.gaps.append(gap)
+            case ProducerFailed(reason):
+                self.console.print(f"[red]producer: {reason}[/]")
+                self.session.end(f"producer failed: {reason}", 1)
                 self._subscribed.set()
-        elif kind == "source_ended":
-            self.session.source_events = msg[1]
-            self.session.end("source ended")
-        elif kind == "gap":
-            self.session.gaps.append(msg[1])
-        elif kind == "fatal":
-            self.console.print(f"[red]producer: {msg[1]}[/]")
-            self.session.end(f"producer failed: {msg[1]}", 1)
-            self._subscribed.set()
-        elif kind == "stopped":
-            self.session.gaps = list(msg[1])
+            case ProducerStopped(gaps):
+                self.session.gaps = list(gaps)
 
     def _on_result(self, i: int, msg: Any) -> None:
-        if msg is EOF_MARK:
-            return
-        if isinstance(msg, tuple) and msg[0] == "ready":
+        if isinstance(msg, ConsumerReady):
             self._ready.add(i)
             if len(self._ready) == len(self.consumers):
                 self._all_ready.set()
-        else:
+        elif isinstance(msg, ConsumerReport):
             self.session.reports[i] = msg
 
     async def _wait_ready(self, timeout: float) -> None:
@@ -406,10 +425,10 @@ class Daemon:
     async def _stop_servers(self) -> None:
         if self.server_proc is not None and self.server_proc.is_alive():
             try:
-                self.server_conn.send(("stop",))
+                self.server_conn.send(Stop("session over"))
                 msg = await self._recv(self.server_conn, timeout=3, what="market-data server stop")
-                if msg and msg[0] == "stopped":
-                    self.sent_by_server = msg[1]
+                if isinstance(msg, ServerStopped):
+                    self.sent_by_server = msg.sent_events
             except (OSError, ConfigError):
                 pass
             await asyncio.to_thread(self.server_proc.join, 2)

@@ -97,33 +97,80 @@ class ConsumerReport:
     strategy_errors: int = 0
     orders: int = 0
     rejected: int = 0
+    cancelled: int = 0
+    expired: int = 0
+    risk_refused: dict[str, int] = field(default_factory=dict)  # rule -> orders the risk manager refused
     symbols: list[str] = field(default_factory=list)
     fills: list[dict] = field(default_factory=list)
     strategies: dict[str, dict] = field(default_factory=dict)
+
+
+ORDER_TYPES = ("market", "limit", "stop", "stop_limit", "trailing_stop")
+TIFS = ("day", "gtc", "ioc", "fok")
+# Order lifecycle: new -> accepted (or held, for a bracket leg waiting on its entry) -> partially_filled
+# -> filled | cancelled | expired | rejected | replaced. The last five are final.
+OPEN_STATUSES = frozenset({"new", "accepted", "held", "partially_filled"})
+FINAL_STATUSES = frozenset({"filled", "cancelled", "expired", "rejected", "replaced"})
 
 
 @dataclass
 class Order:
     """An order a strategy returns; build it with `ctx.buy(...)` / `ctx.sell(...)`.
 
-    `stop` and `target` are the strategy's protective stop and profit target.
-    They are recorded with the order and its fills (for r-units); the strategy
-    decides when to exit.
+    `type` follows from the prices given: `limit_price` (limit), `trigger_price`
+    (stop), both (stop_limit), `trail_percent`/`trail_price` (trailing_stop).
+    `stop` and `target` on an entry make it a bracket: once the entry fills, a
+    stop-loss and a take-profit leg protect what filled and cancel each other.
+    The broker keeps the lifecycle fields (`status`, `filled_qty`,
+    `avg_fill_price`, `reason`, links) up to date; strategies read them.
     """
 
     symbol: str
     side: str  # "buy" | "sell"
     qty: float
-    type: str = "market"  # "market" | "limit"
+    type: str = "market"  # one of ORDER_TYPES
     limit_price: float | None = None
-    stop: float | None = None
-    target: float | None = None
+    stop: float | None = None  # bracket stop-loss price (and the r-unit reference)
+    target: float | None = None  # bracket take-profit price
     strategy: str = ""
     client_order_id: str = ""
     submitted_ts: int = 0  # data time, ns
-    status: str = "new"  # new | filled | rejected | canceled
+    status: str = "new"  # see OPEN_STATUSES / FINAL_STATUSES
     reason: str = ""
     indicators: dict | None = None
+    tif: str = "day"  # one of TIFS
+    trigger_price: float | None = None  # stop / stop_limit trigger (Alpaca's stop_price)
+    trail_percent: float | None = None
+    trail_price: float | None = None
+    filled_qty: float = 0.0
+    avg_fill_price: float = 0.0
+    order_class: str = "simple"  # "simple" | "bracket"
+    parent_id: str = ""  # a bracket leg's entry order
+    leg: str = ""  # "stop_loss" | "take_profit" for a bracket leg
+    legs: tuple[str, ...] = ()  # an entry's leg ids
+    replaces: str = ""  # the order this one replaced
+    replaced_by: str = ""
+    updated_ts: int = 0  # data time of the last status change, ns
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+    @property
+    def remaining(self) -> float:
+        return self.qty - self.filled_qty
+
+
+@dataclass(frozen=True)
+class OrderUpdate:
+    """A status change of an order, as the broker reports it; `order` is a snapshot at that moment.
+
+    `event` is the new status ("new" for an order the broker created itself, such as a bracket leg).
+    """
+
+    event: str
+    order: Order
+    ts: int  # data time, ns
 
 
 @dataclass(frozen=True)

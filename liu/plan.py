@@ -36,6 +36,17 @@ Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 TimeOfDay = Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")]
 
 
+def _not_bool(value: Any) -> Any:
+    # pydantic reads `true` as 1: a limit written as a boolean is a mistake, not a limit of one.
+    if isinstance(value, bool):
+        raise ValueError("expected a positive number, not a boolean")
+    return value
+
+
+Limit = Annotated[float, BeforeValidator(_not_bool), Field(gt=0)]
+Count = Annotated[int, BeforeValidator(_not_bool), Field(gt=0)]
+
+
 class _Table(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -97,6 +108,28 @@ class BrokerPlan(_Table):
     fee_bps: float = Field(default=0.0, ge=0)
     slippage_bps: float = Field(default=0.0, ge=0)
     not_shortable: list[str] = []
+    max_participation: Annotated[float, BeforeValidator(_not_bool), Field(gt=0, le=1)] | None = None
+    """Share of a print's size or a bar's volume an order may fill per event; None = fill in full."""
+
+
+class RiskPlan(_Table):
+    """Pre-trade limits checked on every order (liu/risk.py); a key left out (None) is no limit.
+
+    Notional limits are in dollars; `price_band_bps` is the largest distance of an
+    order's price from the last trade; `max_daily_loss` is the loss (a positive
+    number of dollars, realised + unrealised since the start of the New York
+    trading day) that halts trading until the next day, and `on_breach` says
+    whether that breach only halts or also flattens.
+    """
+
+    max_order_notional: Limit | None = None
+    max_position_notional: Limit | None = None
+    max_gross_exposure: Limit | None = None
+    max_open_orders: Count | None = None
+    max_orders_per_minute: Count | None = None
+    price_band_bps: Limit | None = None
+    max_daily_loss: Limit | None = None
+    on_breach: Literal["halt", "flatten"] = "halt"
 
 
 class DatabasePlan(_Table):
@@ -191,6 +224,7 @@ class TradePlan(_Table):
     session: SessionPlan = SessionPlan()
     source: SourcePlan = SourcePlan()
     broker: BrokerPlan = BrokerPlan()
+    risk: RiskPlan = RiskPlan()
     database: DatabasePlan = DatabasePlan()
     consumers: ConsumersPlan = ConsumersPlan()
     scanners: list[ScannerPlan] = []

@@ -2,9 +2,11 @@
 
 It speaks Alpaca's v2 stream protocol (msgpack frames holding arrays of
 messages) to Alpaca or to liu's own server, decodes each message straight into
-a compact wire tuple stamped with the receive time, and routes it by a stable
+a compact wire tuple stamped with the receive time (`liu.sources.protocol.
+wire_event`, the decode the backtester uses too), and routes it by a stable
 hash of its symbol, so a symbol lands on the same consumer after a restart.
-Each frame's events go out as one batch per consumer.
+Each frame's events go out as one batch per consumer. What it tells the main
+process are the typed messages of `liu.messages`.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import websockets
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from liu.events import BAR, MALFORMED, QUOTE, TRADE, Assign, Start, Stop, Subscribe
+from liu.events import Assign, Start, Stop, Subscribe
+from liu.messages import ProducerFailed, ProducerStopped, Reconnected, SourceEnded, Subscribed
+from liu.sources.protocol import wire_event
 from liu.stats import SharedStats
 from liu.transport import EOF_MARK, ChannelWriter, watch_connection
 
@@ -39,43 +43,6 @@ def shard_of(symbol: str, consumers: int) -> int:
     return zlib.crc32(symbol.encode()) % consumers
 
 
-def decode(m: dict, recv: int) -> tuple | None:
-    """Alpaca message → wire tuple; None for non-market messages. Raises on bad fields."""
-    kind = m["T"]
-    if kind == "t":
-        return (TRADE, m["S"], _ts(m["t"]), float(m["p"]), float(m["s"]), recv)
-    if kind == "q":
-        return (
-            QUOTE,
-            m["S"],
-            _ts(m["t"]),
-            float(m["bp"]),
-            float(m["bs"]),
-            float(m["ap"]),
-            float(m["as"]),
-            recv,
-        )
-    if kind == "b":
-        return (
-            BAR,
-            m["S"],
-            _ts(m["t"]),
-            float(m["o"]),
-            float(m["h"]),
-            float(m["l"]),
-            float(m["c"]),
-            float(m["v"]),
-            recv,
-        )
-    return None
-
-
-def _ts(t: Any) -> int:
-    if t.__class__ is not int:
-        raise ValueError(f"t must be a msgpack Timestamp, got {type(t).__name__}")
-    return t
-
-
 class Producer:
     """Websocket → decoded, sharded batches. Runs in its own process via `producer_main`."""
 
@@ -87,7 +54,7 @@ class Producer:
         writers: list[ChannelWriter],
         stats: SharedStats,
         kinds: tuple[str, ...] = ("trades", "quotes"),
-        notify: Callable[[tuple], None] = lambda m: None,
+        notify: Callable[[object], None] = lambda m: None,
         max_backoff: float = 5.0,
     ) -> None:
         self.url, self.key, self.secret = url, key, secret
@@ -125,7 +92,7 @@ class Producer:
         for i, syms in per.items():
             self.writers[i].send_control(Assign(tuple(syms), assign.strategies, assign.scanner))
         if not new:
-            self.notify(("subscribed", ()))
+            self.notify(Subscribed())
             return
         # Confirmed only when the server's ack lists them: data sent before that would not reach us.
         self._awaiting.append(set(new))
@@ -187,7 +154,7 @@ class Producer:
                                 gap,
                                 len(self.symbols),
                             )
-                            self.notify(("gap", gap))
+                            self.notify(Reconnected(gap))
                             down_since = None
                         backoff = 0.1
                         await self._read(ws)
@@ -222,6 +189,7 @@ class Producer:
         shard_cache = self._shard_cache
         writers = self.writers
         unpackb = msgpack.unpackb
+        decode = wire_event
         time_ns = time.time_ns
         pending: list[list] = [[] for _ in range(n)]
         async for frame in ws:
@@ -235,31 +203,22 @@ class Producer:
                 a[self._i_unroutable] += 1
                 log.warning("undecodable market data frame (%s); %d so far", e, a[self._i_unroutable])
                 continue
-            events = 0
+            events = unroutable = 0
             for m in msgs:
-                try:
-                    ev = decode(m, recv)
-                except Exception as e:
-                    sym = m.get("S") if m.__class__ is dict else None
-                    if sym.__class__ is not str:
-                        a[self._i_unroutable] += 1
-                        continue
-                    ev = (MALFORMED, sym, 0, f"{type(e).__name__}: {e}"[:200], recv)
-                if ev is None:
-                    self._control_message(m)
-                    continue
-                sym = ev[1]
-                try:
+                ev = decode(m, recv)
+                if ev:
+                    sym = ev[1]
                     shard = shard_cache.get(sym)
-                except TypeError:  # an unhashable "S" (a list or map) is no symbol
-                    shard = None
-                if shard is None:
-                    if sym.__class__ is not str:
-                        a[self._i_unroutable] += 1
-                        continue
-                    shard = shard_cache[sym] = shard_of(sym, n)
-                pending[shard].append(ev)
-                events += 1
+                    if shard is None:
+                        shard = shard_cache[sym] = shard_of(sym, n)
+                    pending[shard].append(ev)
+                    events += 1
+                elif ev is None:
+                    self._control_message(m)
+                else:
+                    unroutable += 1
+            if unroutable:
+                a[self._i_unroutable] += unroutable
             a[self._i_events] += events
             for i in range(n):
                 batch = pending[i]
@@ -268,18 +227,15 @@ class Producer:
                     a[self._i_sent[i]] += len(batch)
                     pending[i] = []
 
-    def _control_message(self, m: Any) -> None:
-        if m.__class__ is not dict:
-            self._a[self._i_unroutable] += 1
-            return
+    def _control_message(self, m: dict) -> None:
         t = m.get("T")
         if t == "success" and m.get("msg") == "end of data":
-            self.notify(("source_ended", m.get("events", 0)))
+            self.notify(SourceEnded(m.get("events", 0)))
         elif t == "subscription":
             acked = set(m.get(self.kinds[0]) or ())
             for waiting in [w for w in self._awaiting if "*" in acked or w <= acked]:
                 self._awaiting.remove(waiting)
-                self.notify(("subscribed", tuple(sorted(waiting))))
+                self.notify(Subscribed(tuple(sorted(waiting))))
         elif t == "error":
             log.error("market data server error %s: %s", m.get("code"), m.get("msg"))
 
@@ -331,7 +287,7 @@ def producer_main(
         try:
             await producer.run()
         except AuthError as e:
-            control.send(("fatal", str(e)))
-        control.send(("stopped", producer.gaps))
+            control.send(ProducerFailed(str(e)))
+        control.send(ProducerStopped(tuple(producer.gaps)))
 
     uvloop.run(main())

@@ -7,29 +7,31 @@ from typing import Any
 from rich.table import Table
 
 from liu.events import ConsumerReport
-from liu.stats import SharedStats
+from liu.stats import RUNNER_COUNTERS, SharedStats
+
+_HEADERS = {"strategy_errors": "errors"}
+# Live, "received" shows as the queue depth (sent - received) instead.
+_LIVE = tuple(name for name in RUNNER_COUNTERS if name != "received")
+
+
+def _header(name: str) -> str:
+    return _HEADERS.get(name, name.replace("_", " "))
+
+
+def report_counts(report: ConsumerReport) -> dict[str, int]:
+    """A consumer report's counters by their `RUNNER_COUNTERS` name (it carries the fills themselves)."""
+    return {name: len(report.fills) if name == "fills" else getattr(report, name) for name in RUNNER_COUNTERS}
 
 
 def progress_table(stats: SharedStats, rate: float, elapsed: float, duration: float) -> Table:
-    """Events/s, and per consumer: lag, queue depth, stale and malformed drops, orders, fills."""
+    """Events/s, and per consumer: lag, queue depth, and the runner's counters (drops, orders, fills...)."""
     p = stats.producer()
     title = (
         f"{rate:,.0f} events/s · {p['events']:,} events · {elapsed:,.0f}/{duration:,.0f}s · "
         f"{'connected' if p['connected'] else '[red]disconnected[/]'} · reconnects {p['reconnects']}"
     )
     t = Table(title=title, title_justify="left")
-    for col in (
-        "consumer",
-        "lag ms",
-        "queue (events)",
-        "backlog KB",
-        "processed",
-        "stale",
-        "malformed",
-        "errors",
-        "orders",
-        "fills",
-    ):
+    for col in ("consumer", "lag ms", "queue (events)", "backlog KB", *map(_header, _LIVE)):
         t.add_column(col, justify="right")
     for i in range(stats.consumers):
         c = stats.consumer(i)
@@ -38,18 +40,13 @@ def progress_table(stats: SharedStats, rate: float, elapsed: float, duration: fl
             f"{c['lag_us'] / 1000:.1f}",
             f"{c['sent'] - c['received']:,}",
             f"{c['backlog_bytes'] / 1024:.0f}",
-            f"{c['processed']:,}",
-            f"{c['stale']:,}",
-            f"{c['malformed']:,}",
-            f"{c['strategy_errors']:,}",
-            f"{c['orders']:,}",
-            f"{c['fills']:,}",
+            *(f"{c[name]:,}" for name in _LIVE),
         )
     return t
 
 
 def summary_tables(reports: list[ConsumerReport], session: Any) -> list[Table]:
-    """Per strategy: trades and P&L; per consumer: where every event went."""
+    """Per strategy: trades and P&L; per consumer: where every event and order went; risk refusals."""
     strat = Table(title="strategies", title_justify="left")
     for col in ("strategy", "trades", "realised P&L", "unrealised P&L", "fees", "errors"):
         strat.add_column(col, justify="right")
@@ -63,31 +60,23 @@ def summary_tables(reports: list[ConsumerReport], session: Any) -> list[Table]:
             str(m["errors"]),
         )
     cons = Table(title="consumers", title_justify="left")
-    for col in (
-        "consumer",
-        "symbols",
-        "received",
-        "processed",
-        "stale",
-        "malformed",
-        "strategy errors",
-        "orders",
-        "rejected",
-    ):
+    for col in ("consumer", "symbols", *(name.replace("_", " ") for name in RUNNER_COUNTERS)):
         cons.add_column(col, justify="right")
+    refused: dict[str, int] = {}
     for r in reports:
-        cons.add_row(
-            str(r.index),
-            str(len(r.symbols)),
-            f"{r.received:,}",
-            f"{r.processed:,}",
-            f"{r.stale:,}",
-            f"{r.malformed:,}",
-            f"{r.strategy_errors:,}",
-            f"{r.orders:,}",
-            f"{r.rejected:,}",
-        )
-    return [strat, cons]
+        counts = report_counts(r)
+        cons.add_row(str(r.index), str(len(r.symbols)), *(f"{counts[name]:,}" for name in RUNNER_COUNTERS))
+        for rule, n in r.risk_refused.items():
+            refused[rule] = refused.get(rule, 0) + n
+    tables = [strat, cons]
+    if refused:
+        risk = Table(title="risk refusals", title_justify="left")
+        risk.add_column("rule")
+        risk.add_column("orders refused", justify="right")
+        for rule, n in sorted(refused.items()):
+            risk.add_row(rule, f"{n:,}")
+        tables.append(risk)
+    return tables
 
 
 def merge_strategies(reports: list[ConsumerReport]) -> dict[str, dict]:

@@ -1,9 +1,15 @@
-"""The strategy runner: one symbol shard's bars, indicators, strategies and broker.
+"""The strategy runner: routes one symbol shard's events to its strategies, in data time.
 
 The consumer process drives it with event batches from the producer; the
-backtester will drive the same object in-process with the same wire tuples,
-so what is backtested is what runs live. Decisions use event time (`now` is
-the data time of the event being handled), never the wall clock.
+backtester drives the same object in-process with the same wire tuples, so
+what is backtested is what runs live. Decisions use event time (`now` is the
+data time of the event being handled), never the wall clock.
+
+The runner itself does routing and staleness and calls user code; bars come
+from `liu.bars`, indicators from `liu.features`, and every order goes through
+the `liu.orders.OrderDesk` (risk manager, broker, sink). The broker returns
+what happened (order updates, fills); the runner delivers each to the
+strategy that owns the order (`on_order`, `on_fill`).
 """
 
 from __future__ import annotations
@@ -14,39 +20,24 @@ from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import CoroutineType
-from typing import Any, Protocol
+from typing import Any
 from zoneinfo import ZoneInfo
 
+from liu.bars import MINUTE, BarBuilder
 from liu.brokers.base import Broker
 from liu.events import BAR, KIND_NAMES, MALFORMED, QUOTE, TRADE, Bar, Fill, Order, Quote, Trade
 from liu.features import Features
+from liu.orders import NullSink, OrderDesk, Sink
+from liu.risk import RiskManager
+from liu.stats import RUNNER_COUNTERS
 from liu.strategy import Context, Strategy
 
+__all__ = ["Keystore", "NullSink", "Sink", "StrategyRunner"]
+
 log = logging.getLogger(__name__)
-MINUTE = 60_000_000_000
 _new_bar = tuple.__new__  # builds a NamedTuple from a ready tuple without its argument parsing
 NY = ZoneInfo("America/New_York")
-
-
-class Sink(Protocol):
-    """Where orders and fills go (the consumer's database writer)."""
-
-    def add_order(self, order: Order) -> None: ...
-
-    def update_order_status(self, client_order_id: str, status: str, reason: str) -> None: ...
-
-    def add_fill(self, fill: Fill) -> None: ...
-
-
-class NullSink:
-    def add_order(self, order: Order) -> None:
-        pass
-
-    def update_order_status(self, client_order_id: str, status: str, reason: str) -> None:
-        pass
-
-    def add_fill(self, fill: Fill) -> None:
-        pass
+_FAR = 1 << 62
 
 
 class Keystore(dict):
@@ -64,11 +55,6 @@ class Keystore(dict):
         items = {k: self[k] for k in self.dirty if k in self}
         self.dirty.clear()
         return items
-
-
-def _bar_of(sym: str, bar: list) -> Bar:
-    """The Bar of an open-bar list [minute, open, high, low, close, volume]."""
-    return Bar(sym, bar[0] * MINUTE, bar[1], bar[2], bar[3], bar[4], bar[5])
 
 
 def _ny_minute_of_day(ts: int, _cache: dict[int, int] = {}) -> int:  # noqa: B006 - per-day offset cache
@@ -89,6 +75,7 @@ class _Slot:
     window: tuple[int, int] | None  # minutes of day (NY), inclusive; None = always
     on_trade: bool
     on_quote: bool
+    on_order: bool
     trades: int = 0
     errors: int = 0
     rejected: set[str] = field(default_factory=set)
@@ -116,12 +103,12 @@ class StrategyRunner:
         sink: Sink | None = None,
         stale_after_ns: int | None = None,
         portfolio_interval_ns: int = 60 * 10**9,
+        risk: RiskManager | None = None,
+        account_slot: int = 0,
     ) -> None:
         self.broker = broker
         self.features = Features()
         self.bars_from_trades = bars_from_trades
-        self.order_prefix = order_prefix
-        self.sink: Sink = sink or NullSink()
         self.stale_after_ns = stale_after_ns
         self.portfolio_interval_ns = portfolio_interval_ns
         self.slots: dict[str, _Slot] = {}
@@ -132,28 +119,32 @@ class StrategyRunner:
         self.last_price: dict[str, float] = {}
         self.now = 0
         self.recv_ns = 0  # wall time the producer received the event being handled
+        self.counts = dict.fromkeys(RUNNER_COUNTERS, 0)
+        self.desk = OrderDesk(
+            broker,
+            broker.account,  # type: ignore[attr-defined]
+            self.counts,
+            self.last_price,
+            risk=risk,
+            sink=sink,
+            order_prefix=order_prefix,
+            slot=account_slot,
+        )
+        self._bars = BarBuilder()
         self._next_portfolio = 0
         self._portfolio_slots: list[_Slot] = []  # strategies that override on_portfolio
-        # Backtest equity sampling: called with a minute's end when the first event after it arrives
-        # (before that event is handled). Off (never due) unless `sample_minutes` sets it.
+        # Housekeeping when data time enters a new minute (expiry, account, daily loss), and the
+        # backtest's equity sampling (`sample_minutes`), before the first event of that minute.
         self._on_minute: Callable[[int], None] | None = None
-        self._next_minute = 1 << 62
-        self._seq = 0
-        self._bar: dict[str, list] = {}
-        self._closed: dict[str, int] = {}  # per symbol, the minute flush_bars last closed
-        self._fills: list[Fill] = []
-        self.fill_log: list[Fill] = []
-        self.counts = {
-            "received": 0,
-            "processed": 0,
-            "stale": 0,
-            "malformed": 0,
-            "strategy_errors": 0,
-            "orders": 0,
-            "rejected": 0,
-            "fills": 0,
-        }
-        broker.on_fill = self._fills.append
+        self._next_minute = 0
+
+    @property
+    def risk(self) -> RiskManager | None:
+        return self.desk.risk
+
+    @property
+    def fill_log(self) -> list[Fill]:
+        return self.desk.fill_log
 
     # -- setup ----------------------------------------------------------
     def add_strategy(
@@ -168,7 +159,12 @@ class StrategyRunner:
             win = (a, b)
         ctx = Context(strategy.name, self, keystore if keystore is not None else Keystore())
         slot = self.slots[strategy.name] = _Slot(
-            strategy, ctx, win, _overrides(strategy, "on_trade"), _overrides(strategy, "on_quote")
+            strategy,
+            ctx,
+            win,
+            _overrides(strategy, "on_trade"),
+            _overrides(strategy, "on_quote"),
+            _overrides(strategy, "on_order"),
         )
         if _overrides(strategy, "on_portfolio"):
             self._portfolio_slots.append(slot)
@@ -176,16 +172,15 @@ class StrategyRunner:
     def sample_minutes(self, hook: Callable[[int], None]) -> None:
         """Call `hook(minute_end_ns)` whenever data time enters a new minute (see `end_minute`)."""
         self._on_minute = hook
-        self._next_minute = 0
 
     def end_minute(self) -> None:
         """Close the last sampled minute (the backtester calls this when the data ends)."""
-        if self._on_minute is not None and 0 < self._next_minute < 1 << 62:
+        if self._on_minute is not None and 0 < self._next_minute < _FAR:
             self._on_minute(self._next_minute)
 
     async def start(self) -> None:
         if not self._portfolio_slots:
-            self._next_portfolio = 1 << 62  # nobody listens: skip the interval check's work entirely
+            self._next_portfolio = _FAR  # nobody listens: skip the interval check's work entirely
         for slot in self.slots.values():
             await self._call(slot, slot.strategy.on_start, None, "on_start", "")
 
@@ -219,6 +214,9 @@ class StrategyRunner:
         if self.stale_after_ns is not None and now_ns is not None:
             stale_cut = now_ns - self.stale_after_ns
         broker = self.broker
+        desk = self.desk
+        if desk.check_flatten(self.now):  # one shared-memory read per batch
+            await self._deliver()
         try:
             for ev in batch:
                 kind = ev[0]
@@ -249,17 +247,16 @@ class StrategyRunner:
                 if ts > self.now:
                     self.now = ts
                     if ts >= self._next_minute:
-                        if self._next_minute:
-                            self._on_minute(self._next_minute)
-                        self._next_minute = (ts // MINUTE + 1) * MINUTE
+                        await self._minute(ts)
                 if kind == TRADE:
                     price = ev[3]
                     self.last_price[sym] = price
-                    broker.on_trade(sym, ts, price)
-                    if self._fills:
-                        await self._dispatch_fills()
+                    updates = broker.on_trade(sym, ts, price, ev[4])
+                    if updates:
+                        desk.record(updates)
+                        await self._deliver()
                     if self.bars_from_trades:
-                        closed = self._update_bar(sym, ts, price, ev[4])
+                        closed = self._bars.update(sym, ts, price, ev[4])
                         if closed is not None:
                             await self._close_bar(closed)
                     route = self.routes.get(sym)
@@ -274,10 +271,13 @@ class StrategyRunner:
                                 result = self._invoke(slot, slot.strategy.on_trade, trade, "on_trade", sym)
                                 if result:
                                     await self._handle(slot, result, "on_trade", sym)
+                                elif desk.queue:  # it cancelled or replaced and returned nothing
+                                    await self._deliver()
                 elif kind == QUOTE:
-                    broker.on_quote(sym, ts, ev[3], ev[5])
-                    if self._fills:
-                        await self._dispatch_fills()
+                    updates = broker.on_quote(sym, ts, ev[3], ev[4], ev[5], ev[6])
+                    if updates:
+                        desk.record(updates)
+                        await self._deliver()
                     route = self.routes.get(sym)
                     if route:
                         quote = None
@@ -288,10 +288,13 @@ class StrategyRunner:
                                 result = self._invoke(slot, slot.strategy.on_quote, quote, "on_quote", sym)
                                 if result:
                                     await self._handle(slot, result, "on_quote", sym)
+                                elif desk.queue:  # it cancelled or replaced and returned nothing
+                                    await self._deliver()
                 elif kind == BAR:
-                    broker.on_bar(sym, ts, ev[3], ev[4], ev[5])
-                    if self._fills:
-                        await self._dispatch_fills()
+                    updates = broker.on_bar(sym, ts, ev[3], ev[4], ev[5], ev[6], ev[7])
+                    if updates:
+                        desk.record(updates)
+                        await self._deliver()
                     self.last_price[sym] = ev[6]
                     await self._close_bar(_new_bar(Bar, ev[1:8]))  # the wire slice is exactly Bar's fields
                 if ts >= self._next_portfolio:
@@ -301,36 +304,20 @@ class StrategyRunner:
             counts["malformed"] += malformed
             counts["processed"] += len(batch) - stale - malformed
 
-    def _update_bar(self, sym: str, ts: int, price: float, size: float) -> Bar | None:
-        """Fold a trade into the symbol's minute bar; return the bar it closed, if any."""
-        minute = ts // MINUTE
-        bar = self._bar.get(sym)
-        if bar is None:
-            if minute <= self._closed.get(sym, -1):  # late print for a bar already closed by flush_bars
-                return None
-            self._bar[sym] = [minute, price, price, price, price, size]
-            return None
-        if minute == bar[0]:
-            if price > bar[2]:
-                bar[2] = price
-            elif price < bar[3]:
-                bar[3] = price
-            bar[4] = price
-            bar[5] += size
-            return None
-        if minute < bar[0]:  # late print for a closed minute: counts for the price, not the bar
-            return None
-        self._bar[sym] = [minute, price, price, price, price, size]
-        return _bar_of(sym, bar)
+    async def _minute(self, ts: int) -> None:
+        """Data time entered a new minute: sample the last one, then the desk's housekeeping."""
+        if self._next_minute and self._on_minute is not None:
+            self._on_minute(self._next_minute)
+        self._next_minute = (ts // MINUTE + 1) * MINUTE
+        self.desk.on_minute(ts)
+        self.desk.check_flatten(ts)  # a daily-loss breach here flattens at once
+        if self.desk.queue:
+            await self._deliver()
 
     async def flush_bars(self, now_ns: int, grace_ns: int = 2 * 10**9) -> None:
         """Close bars whose minute ended before `now_ns - grace_ns` (live: quiet symbols still get bars)."""
-        cutoff = (now_ns - grace_ns) // MINUTE
-        for sym, bar in list(self._bar.items()):
-            if bar[0] < cutoff:
-                del self._bar[sym]
-                self._closed[sym] = bar[0]  # a print for this minute arriving later must not reopen it
-                await self._close_bar(_bar_of(sym, bar))
+        for bar in self._bars.flush(now_ns, grace_ns):
+            await self._close_bar(bar)
 
     async def _close_bar(self, bar: Bar) -> None:
         self.features.add_bar(bar.symbol, bar.ts, bar.open, bar.high, bar.low, bar.close, bar.volume)
@@ -347,6 +334,8 @@ class StrategyRunner:
                     result = self._invoke(slot, slot.strategy.on_bar, bar, "on_bar", bar.symbol)
                     if result:  # orders are placed before the next strategy sees the bar
                         await self._handle(slot, result, "on_bar", bar.symbol)
+                    elif self.desk.queue:  # it cancelled or replaced and returned nothing
+                        await self._deliver()
 
     async def _portfolio(self, ts: int) -> None:
         first = self._next_portfolio == 0
@@ -356,24 +345,31 @@ class StrategyRunner:
         for slot in self._portfolio_slots:
             await self._call(slot, slot.strategy.on_portfolio, None, "on_portfolio", "")
 
-    async def _dispatch_fills(self) -> None:
-        fills = self._fills[:]  # the broker holds a reference to this list: clear it, don't replace it
-        self._fills.clear()
-        for fill in fills:
-            self.counts["fills"] += 1
-            self.fill_log.append(fill)
-            self.sink.add_fill(fill)
-            self.sink.update_order_status(fill.client_order_id, "filled", "")
-            slot = self.slots.get(fill.strategy)
-            if slot is not None:
-                slot.trades += 1
-                await self._call(slot, slot.strategy.on_fill, fill, "on_fill", fill.symbol)
+    async def _deliver(self) -> None:
+        """Hand queued order updates and fills to the strategies that own them (in order)."""
+        queue = self.desk.queue
+        while queue:
+            updates = queue[:]
+            queue.clear()
+            for up in updates:
+                if up.__class__ is Fill:
+                    slot = self.slots.get(up.strategy)
+                    if slot is not None:
+                        slot.trades += 1
+                        await self._call(slot, slot.strategy.on_fill, up, "on_fill", up.symbol)
+                else:
+                    order = up.order
+                    slot = self.slots.get(order.strategy)
+                    if slot is not None and slot.on_order:
+                        await self._call(slot, slot.strategy.on_order, order, "on_order", order.symbol)
 
     # -- calling user code ----------------------------------------------
     async def _call(self, slot: _Slot, hook, arg: Any, name: str, symbol: str) -> None:
         result = self._invoke(slot, hook, arg, name, symbol)
         if result:
             await self._handle(slot, result, name, symbol)
+        elif self.desk.queue:  # a hook that cancelled or replaced returns nothing
+            await self._deliver()
 
     def _invoke(self, slot: _Slot, hook, arg: Any, name: str, symbol: str) -> Any:
         try:
@@ -391,7 +387,9 @@ class StrategyRunner:
                 self._strategy_failed(slot, name, symbol, traceback.format_exc())
                 return
         if result:
-            await self._place(slot, result, name)
+            self._place(slot, result, name)
+        if self.desk.queue:
+            await self._deliver()
 
     def _strategy_failed(self, slot: _Slot, hook: str, symbol: str, tb: str) -> None:
         slot.errors += 1
@@ -405,7 +403,7 @@ class StrategyRunner:
             tb,
         )
 
-    async def _place(self, slot: _Slot, orders: Any, hook: str) -> None:
+    def _place(self, slot: _Slot, orders: Any, hook: str) -> None:
         if isinstance(orders, Order):
             orders = [orders]
         for order in orders:
@@ -414,30 +412,15 @@ class StrategyRunner:
                     slot, hook, "", f"returned {order!r}; expected Order objects from ctx.buy/ctx.sell\n"
                 )
                 continue
-            self._seq += 1
-            order.strategy = slot.strategy.name
-            order.client_order_id = f"{self.order_prefix}{self._seq}"
-            order.submitted_ts = self.now
-            reason = self.broker.submit(order, self.last_price.get(order.symbol))
-            self.counts["orders"] += 1
-            if reason:
-                order.status, order.reason = "rejected", reason
-                self.counts["rejected"] += 1
-                log.warning(
-                    "order %s %s %s x%g by %s rejected: %s",
-                    order.client_order_id,
-                    order.side,
-                    order.symbol,
-                    order.qty,
-                    slot.strategy.name,
-                    reason,
-                )
-            self.sink.add_order(order)
+            self.desk.place(order, slot.strategy.name, self.now)
 
     # -- end --------------------------------------------------------------
     async def stop(self) -> None:
         for slot in self.slots.values():
             await self._call(slot, slot.strategy.on_stop, None, "on_stop", "")
+        self.desk.end_session(self.now)
+        await self._deliver()
+        self.desk.publish()
 
     def report(self) -> dict[str, dict]:
         """Per strategy: trades, realised and unrealised P&L, fees, open positions."""

@@ -10,9 +10,9 @@ import multiprocessing as mp
 from typing import Any
 
 PRODUCER_FIELDS = ("frames", "events", "unroutable", "reconnects", "gap_ms", "connected")
-CONSUMER_FIELDS = (
-    "sent",
-    "backlog_bytes",  # written by the producer
+# A strategy runner's counters (its `counts` dict), named once for the runner, the consumer report,
+# the shared progress array and the summary.
+RUNNER_COUNTERS = (
     "received",
     "processed",
     "stale",
@@ -21,6 +21,13 @@ CONSUMER_FIELDS = (
     "orders",
     "rejected",
     "fills",
+    "cancelled",
+    "expired",
+)
+CONSUMER_FIELDS = (
+    "sent",
+    "backlog_bytes",  # written by the producer
+    *RUNNER_COUNTERS,
     "lag_us",  # written by the consumer
 )
 _P = len(PRODUCER_FIELDS)

@@ -2,7 +2,7 @@
 
 A strategy is plain Python: subclass `Strategy`, override the hooks you need,
 and list the class in `tradeplan.toml`. The same class runs in the daemon's
-consumer processes and (later) in the backtester, driven by `liu.runner`.
+consumer processes and in the backtester, driven by `liu.runner`.
 Hooks may be plain functions or `async def`; plain functions are cheaper on
 the per-event path.
 """
@@ -11,28 +11,71 @@ from __future__ import annotations
 
 import logging
 from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from liu.brokers.base import Position
+from liu.brokers.account import AccountView
+from liu.brokers.base import Broker, Position
 from liu.errors import ConfigError
 from liu.events import Bar, Fill, Order, Quote, Trade
-from liu.features import BarHistory
+from liu.features import BarHistory, Features
+from liu.hooks import ModelHook
+from liu.orders import OrderDesk
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from liu.ml.inference import ModelScorer
-    from liu.runner import StrategyRunner
-
 OrderList = list[Order] | None
 
 
-def _order(
-    symbol: str, side: str, qty: float, limit: float | None, stop: float | None, target: float | None
+class RunnerView(Protocol):
+    """What a `Context` reads from the runner that drives it (`liu.runner.StrategyRunner`)."""
+
+    now: int
+    recv_ns: int
+    broker: Broker
+    desk: OrderDesk
+    features: Features
+    last_price: dict[str, float]
+
+    def reject(self, strategy: str, symbol: str) -> None: ...
+
+
+def new_order(
+    symbol: str,
+    side: str,
+    qty: float,
+    limit: float | None = None,
+    trigger: float | None = None,
+    trail_percent: float | None = None,
+    trail_price: float | None = None,
+    stop: float | None = None,
+    target: float | None = None,
+    tif: str = "day",
 ) -> Order:
-    return Order(symbol, side, qty, "limit" if limit is not None else "market", limit, stop, target)
+    """The order `ctx.buy`/`ctx.sell` build: its type follows from the prices given, a stop or target
+    makes it a bracket."""
+    if trail_percent is not None or trail_price is not None:
+        kind = "trailing_stop"
+    elif trigger is not None:
+        kind = "stop_limit" if limit is not None else "stop"
+    else:
+        kind = "limit" if limit is not None else "market"
+    return Order(
+        symbol,
+        side,
+        qty,
+        kind,
+        limit,
+        stop,
+        target,
+        tif=tif,
+        trigger_price=trigger,
+        trail_percent=trail_percent,
+        trail_price=trail_price,
+        order_class="bracket" if stop is not None or target is not None else "simple",
+    )
 
 
 class StrategyConfig(BaseModel):
@@ -52,18 +95,18 @@ class Context:
     the strategy's own; cash is the account's (shared by all strategies).
     """
 
-    def __init__(self, strategy: str, runner: StrategyRunner, keystore: MutableMapping[str, Any]) -> None:
+    def __init__(self, strategy: str, runner: RunnerView, keystore: MutableMapping[str, Any]) -> None:
         self.strategy = strategy
         self._runner = runner
         self.keystore = keystore
         self.log = logging.getLogger(f"liu.strategy.{strategy}")
         self.models: dict[str, float] = {}
         """Models listed in this strategy's tradeplan entry: name → vote weight (plan order)."""
-        self._scorer: ModelScorer | None = None
+        self._scorer: ModelHook | None = None
         self._predictions: dict[str, dict[str, np.ndarray | None]] = {}
         self._positions: dict[str, Position] = {}  # symbol → the broker's (live, mutated) Position
 
-    def attach_models(self, scorer: ModelScorer, weights: dict[str, float]) -> None:
+    def attach_models(self, scorer: ModelHook, weights: dict[str, float]) -> None:
         """Give this strategy its models' outputs (done by `build_runner` from the tradeplan)."""
         self._scorer = scorer
         self.models = dict(weights)
@@ -140,7 +183,7 @@ class Context:
     def model_version(self, model: str) -> int:
         """The version of `model` scoring now (changes when a new version is promoted)."""
         self.model_classes(model)  # same check
-        return self._scorer.models[model].version  # type: ignore[union-attr]
+        return self._scorer.version(model)  # type: ignore[union-attr]
 
     def buy(
         self,
@@ -149,9 +192,20 @@ class Context:
         limit: float | None = None,
         stop: float | None = None,
         target: float | None = None,
+        *,
+        trigger: float | None = None,
+        trail_percent: float | None = None,
+        trail_price: float | None = None,
+        tif: str = "day",
     ) -> Order:
-        """A buy order (market, or limit when `limit` is given); return it from a hook to place it."""
-        return _order(symbol, "buy", qty, limit, stop, target)
+        """A buy order; return it from a hook to place it.
+
+        Market by default; `limit=` makes it a limit order, `trigger=` a stop (with `limit=`, a
+        stop-limit), `trail_percent=`/`trail_price=` a trailing stop. `stop=`/`target=` make it a
+        bracket: once it fills, a stop-loss and a take-profit protect the position and cancel
+        each other. `tif` is "day" (expires at the close), "gtc", "ioc" or "fok".
+        """
+        return new_order(symbol, "buy", qty, limit, trigger, trail_percent, trail_price, stop, target, tif)
 
     def sell(
         self,
@@ -160,9 +214,51 @@ class Context:
         limit: float | None = None,
         stop: float | None = None,
         target: float | None = None,
+        *,
+        trigger: float | None = None,
+        trail_percent: float | None = None,
+        trail_price: float | None = None,
+        tif: str = "day",
     ) -> Order:
-        """A sell order; selling more than you hold opens a short (if the symbol is shortable)."""
-        return _order(symbol, "sell", qty, limit, stop, target)
+        """A sell order (the same options as `buy`); selling more than you hold opens a short
+        (if the symbol is shortable)."""
+        return new_order(symbol, "sell", qty, limit, trigger, trail_percent, trail_price, stop, target, tif)
+
+    def cancel(self, order: Order) -> bool:
+        """Cancel an open order now; False when it was no longer open. `on_order` reports it."""
+        return self._runner.desk.cancel(order, self._runner.now)
+
+    def replace(
+        self,
+        order: Order,
+        *,
+        qty: float | None = None,
+        limit: float | None = None,
+        trigger: float | None = None,
+        trail_percent: float | None = None,
+        trail_price: float | None = None,
+    ) -> Order | None:
+        """Replace an open order (new quantity or prices); returns the new order, or None when the
+        old one was no longer open. A refused replacement leaves the old order working."""
+        return self._runner.desk.replace(
+            order,
+            self._runner.now,
+            qty=qty,
+            limit_price=limit,
+            trigger_price=trigger,
+            trail_percent=trail_percent,
+            trail_price=trail_price,
+        )
+
+    def open_orders(self, symbol: str | None = None) -> list[Order]:
+        """This strategy's open orders (in `symbol`, or all), bracket legs included."""
+        return self._runner.desk.open_orders(self.strategy, symbol)
+
+    @property
+    def account(self) -> AccountView:
+        """The whole account (all strategies, all consumers): cash, equity, buying power, gross
+        exposure, day P&L and whether trading is halted."""
+        return self._runner.desk.account_view()
 
     def reject(self, symbol: str) -> None:
         """Stop sending `symbol`'s events to this strategy."""
@@ -210,7 +306,13 @@ class Strategy:
         return None
 
     def on_fill(self, fill: Fill, ctx: Context) -> OrderList:
-        """One of this strategy's orders filled. Default: nothing."""
+        """One of this strategy's orders filled (in part or in full). Default: nothing."""
+        return None
+
+    def on_order(self, order: Order, ctx: Context) -> OrderList:
+        """One of this strategy's orders changed status: accepted, held (a bracket leg), partially_filled,
+        filled, cancelled, expired, rejected (`order.reason` says why) or replaced. `order` is a
+        snapshot at that change. Only called when overridden. Default: nothing."""
         return None
 
     def on_portfolio(self, ctx: Context) -> OrderList:

@@ -42,7 +42,9 @@ class MlVoteConfig(StrategyConfig):
     """Fraction of available cash put into each entry."""
     allow_short: bool = False
     stop_pct: float = Field(default=0.02, ge=0, lt=1)
-    """Protective stop recorded with each entry (fraction of the entry price; 0 = none)."""
+    """Stop-loss of each entry's bracket, as a fraction of the signal bar's close (0 = none).
+
+    The bracket is good-till-cancelled, so the stop protects the position overnight too."""
 
 
 class MlVote(Strategy):
@@ -106,7 +108,7 @@ class MlVote(Strategy):
             qty = math.floor(ctx.cash * cfg.allocation / bar.close)
             if qty > 0:
                 stop = bar.close * (1 - cfg.stop_pct) if cfg.stop_pct else None
-                orders.append(ctx.buy(bar.symbol, qty, stop=stop))
+                orders.append(ctx.buy(bar.symbol, qty, stop=stop, tif="gtc"))
             return orders
         if short and held >= 0:
             orders = [ctx.sell(bar.symbol, held)] if held > 0 else []
@@ -114,6 +116,6 @@ class MlVote(Strategy):
                 qty = math.floor(ctx.cash * cfg.allocation / bar.close)
                 if qty > 0:
                     stop = bar.close * (1 + cfg.stop_pct) if cfg.stop_pct else None
-                    orders.append(ctx.sell(bar.symbol, qty, stop=stop))
+                    orders.append(ctx.sell(bar.symbol, qty, stop=stop, tif="gtc"))
             return orders or None
         return None

@@ -19,6 +19,10 @@ class SmaCrossConfig(StrategyConfig):
     allocation: float = Field(default=1.0, gt=0, le=1)
     """Fraction of available cash to put into each entry."""
     allow_short: bool = False
+    stop_pct: float = Field(default=0.02, ge=0, lt=1)
+    """Stop-loss of each entry's bracket, as a fraction of the signal bar's close (0 = none).
+
+    The bracket is good-till-cancelled, so the stop protects the position overnight too."""
 
     @model_validator(mode="after")
     def _periods_ordered(self) -> Self:
@@ -31,7 +35,8 @@ class SmaCross(Strategy):
     """Buys when the fast SMA of closes crosses above the slow one, exits (or shorts) on the cross down.
 
     Orders are market orders placed at a bar's close; the paper broker fills
-    them at the next event (the next bar's open when trading on bars).
+    them at the next event (the next bar's open when trading on bars). Each
+    entry is a bracket with a stop-loss `stop_pct` away from the signal close.
     """
 
     Config = SmaCrossConfig
@@ -63,14 +68,16 @@ class SmaCross(Strategy):
             qty = math.floor(ctx.cash * cfg.allocation / bar.close)
             orders = [ctx.buy(bar.symbol, -held)] if held < 0 else []
             if qty > 0:
-                orders.append(ctx.buy(bar.symbol, qty, stop=bar.close * 0.98))
+                stop = bar.close * (1 - cfg.stop_pct) if cfg.stop_pct else None
+                orders.append(ctx.buy(bar.symbol, qty, stop=stop, tif="gtc"))
             return orders
         if prev >= 0 > diff and held >= 0:
             orders = [ctx.sell(bar.symbol, held)] if held > 0 else []
             if cfg.allow_short:
                 qty = math.floor(ctx.cash * cfg.allocation / bar.close)
                 if qty > 0:
-                    orders.append(ctx.sell(bar.symbol, qty, stop=bar.close * 1.02))
+                    stop = bar.close * (1 + cfg.stop_pct) if cfg.stop_pct else None
+                    orders.append(ctx.sell(bar.symbol, qty, stop=stop, tif="gtc"))
             return orders
         return None
 

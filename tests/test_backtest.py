@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import tomllib
 from pathlib import Path
 
@@ -98,6 +99,73 @@ def test_daemon_replay_and_backtest_give_identical_fills(tmp_path, pg_dsn):
     assert len(stored[0]) == len(stored[1]) == len(live_report["round_trips"]) > 50
 
 
+BREAKOUT = f"""
+[[strategies]]
+name = "bracket"
+file = "{REPO}/strategies/breakout.py"
+class = "Breakout"
+[[strategies]]
+name = "trail"
+file = "{REPO}/strategies/breakout.py"
+class = "Breakout"
+[strategies.config]
+trail_percent = 0.5
+"""
+
+
+def _order_key(row: dict) -> tuple:
+    """An order row without its batch-specific id prefix: the per-runner sequence number and its fields."""
+    seq = row["client_order_id"].split("-", 2)[-1]  # "<batch8>-<consumer|bt>-<seq>[-sl|-tp]"
+    reason = re.sub(r"[0-9a-f]{8}-(bt|\d+)-", "", row["reason"] or "")  # reasons name other orders' ids
+    return (seq, row["symbol"], row["side"], row["qty"], row["order_type"], row["leg"], row["status"],
+            row["filled_qty"], reason)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_brackets_trailing_stops_and_cancels_give_identical_fills_live_and_backtest(tmp_path, pg_dsn):
+    """Stop entries with brackets (OCO legs, stops moved by replace) and with trailing stops, entries
+    cancelled after waiting: the same fills and the same order histories through `trader` and the backtester."""
+    path = sample_data("us_equity_minute_lean.csv.gz")
+    text = f"""
+[session]
+duration = "10m"
+speed = "max"
+[source]
+kind = "replay"
+path = "{path}"
+bars = "stream"
+[broker]
+cash = 100000
+fee_per_share = 0.005
+slippage_bps = 2
+[database]
+dsn = "{pg_dsn}"
+[consumers]
+count = 1
+{BREAKOUT}"""
+    proc, summary = run_trader(tmp_path, text)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    live = [fill_key(f) for f in summary["consumers"][0]["fills"]]
+    result = run_backtest(plan_of(text, tmp_path), dsn=pg_dsn)
+    assert [fill_key(f) for f in result.fills] == live
+    stored = [asyncio.run(_rows(pg_dsn, b))["orders"] for b in (summary["batch_id"], result.batch_id)]
+    live_orders, back_orders = (sorted(_order_key(r) for r in rows) for rows in stored)
+    assert live_orders == back_orders
+    # What the run exercised, so the parity above covers it.
+    kinds = {(r["order_type"], r["leg"], r["status"]) for r in stored[0]}
+    assert {
+        ("stop", None, "filled"),  # stop entries
+        ("stop", "stop_loss", "filled"),
+        ("limit", "take_profit", "filled"),
+        ("stop", "stop_loss", "replaced"),  # stops moved up by ctx.replace
+        ("trailing_stop", None, "filled"),
+        ("stop", None, "cancelled"),  # entries cancelled by the strategy
+    } <= kinds
+    assert any(r["reason"].startswith("OCO: ") for r in stored[0])
+    c = summary["consumers"][0]
+    assert (result.counts["orders"], result.counts["cancelled"]) == (c["orders"], c["cancelled"])
+
+
 def _sma(x: np.ndarray, n: int) -> np.ndarray:
     out = np.full(len(x), np.nan)
     c = np.cumsum(np.insert(x, 0, 0.0))
@@ -105,9 +173,18 @@ def _sma(x: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
-def _reference(bars: list[tuple], fast: int, slow: int, cash: float) -> tuple[list[tuple], float]:
-    """SMA cross, long only, all-in at the next bar's open: vectorised signals, then a tiny loop for cash."""
+def _reference(
+    bars: list[tuple], fast: int, slow: int, cash: float, stop_pct: float = 0.02
+) -> tuple[list[tuple], float]:
+    """SMA cross, long only, all-in at the next bar's open, with a bracket stop-loss `stop_pct` below the
+    signal close: vectorised signals, then a small loop for cash, fills and the stop.
+
+    The stop works from the entry's own bar on: a bar opening at or below it exits at the open, one whose
+    low reaches it exits at the stop. The strategy's own exit at a bar's open comes first (and cancels the
+    stop). A buy that gaps above the cash it was sized on is cut to what the cash pays.
+    """
     o = np.array([b[3] for b in bars])
+    lo = np.array([b[5] for b in bars])
     c = np.array([b[6] for b in bars])
     ts = np.array([b[2] for b in bars])
     diff = _sma(c, fast) - _sma(c, slow)
@@ -116,29 +193,42 @@ def _reference(bars: list[tuple], fast: int, slow: int, cash: float) -> tuple[li
     valid[:slow] = False  # the first bar with both SMAs has no previous difference
     up = valid & (prev <= 0) & (diff > 0)
     down = valid & (prev >= 0) & (diff < 0)
-    signal_bars = np.flatnonzero(up | down)
-    signal_bars = signal_bars[signal_bars < len(bars) - 1]  # a signal on the last bar never fills
-    trades, held = [], 0
-    for i in signal_bars:
-        if up[i] and held == 0:
-            qty = math.floor(cash / c[i])
-            if qty > 0:
-                cash -= qty * o[i + 1]
+    trades, held, stop, pending = [], 0, 0.0, None
+    for j in range(len(bars)):
+        if pending is not None:
+            side, qty = pending
+            pending = None
+            if side == "sell":
+                cash += held * o[j]
+                trades.append((int(ts[j]), "sell", held, o[j]))
+                held = 0
+            else:
+                qty = min(qty, math.floor(cash / o[j]))
+                cash -= qty * o[j]
                 held = qty
-                trades.append((int(ts[i + 1]), "buy", qty, o[i + 1]))
-        elif down[i] and held > 0:
-            cash += held * o[i + 1]
-            trades.append((int(ts[i + 1]), "sell", held, o[i + 1]))
+                stop = c[j - 1] * (1 - stop_pct) if stop_pct else 0.0  # 0: no stop-loss
+                trades.append((int(ts[j]), "buy", qty, o[j]))
+        if held and (o[j] <= stop or lo[j] <= stop):
+            price = o[j] if o[j] <= stop else stop
+            cash += held * price
+            trades.append((int(ts[j]), "sell", held, price))
             held = 0
+        if up[j] and held == 0:
+            qty = math.floor(cash / c[j])
+            if qty > 0:
+                pending = ("buy", qty)
+        elif down[j] and held > 0:
+            pending = ("sell", held)
     return trades, cash + held * c[-1]
 
 
-def test_sma_cross_matches_a_vectorised_numpy_reference(tmp_path):
+@pytest.mark.parametrize("stop_pct", [0.02, 0.0])
+def test_sma_cross_matches_a_vectorised_numpy_reference(tmp_path, stop_pct):
     bars = make_bars("SIM", 20_000, seed=11)
-    text = sma_plan(config="fast_period = 10\nslow_period = 30\nallocation = 1.0")
+    text = sma_plan(config=f"fast_period = 10\nslow_period = 30\nallocation = 1.0\nstop_pct = {stop_pct}")
     result = run_backtest(plan_of(text, tmp_path), events=[bars])
     got = [(f.ts, f.side, f.qty, f.price) for f in result.fills]
-    expected, final = _reference(bars, 10, 30, 100_000.0)
+    expected, final = _reference(bars, 10, 30, 100_000.0, stop_pct)
     assert len(expected) > 200
     assert got == expected
     assert result.final_equity == pytest.approx(final, abs=1e-6)
@@ -160,8 +250,11 @@ def test_decisions_before_t_do_not_depend_on_data_after_t(tmp_path):
 
     def before(result):
         fills = [fill_key(f) for f in result.fills if f.ts < cut]
+        # An order placed before T (a bracket leg) may end after T: only what happened before T must match.
         orders = [
-            (o.submitted_ts, o.symbol, o.side, o.qty, o.status) for o in result.orders if o.submitted_ts < cut
+            (o.submitted_ts, o.symbol, o.side, o.qty, o.status if o.updated_ts < cut else "open at T")
+            for o in result.orders
+            if o.submitted_ts < cut
         ]
         return fills, orders
 

@@ -1,6 +1,7 @@
 """`trader` on bad input, signals and a dying consumer: clear errors, closed runs, nothing hangs."""
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -196,3 +197,78 @@ models = [{{ spec = "{spec_path}", version = 1 }}]
     lines = [x for x in proc.stdout.splitlines() if x.startswith("error:")]
     assert len(lines) == 1 and "tiny" in lines[0] and str(model) in proc.stdout.replace("\n", ""), proc.stdout
     assert summary is None
+
+
+def test_halt_status_flatten_resume_reach_a_running_trader(tmp_path, pg_dsn):
+    def trader(command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "liu.cli", "--plan", "tradeplan.toml", command],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    proc = _start(tmp_path, pg_dsn, consumers=2)
+    seen: list[str] = []
+    try:
+        _wait_for_line(proc, r"first event processed", seen)
+        asyncio.run(_wait_for_fills(pg_dsn, deadline_s=60))  # positions are open before the halt
+        halt, status = trader("halt"), trader("status")
+        # A strategy's next entry is refused while halted (its exits would pass).
+        _wait_for_line(proc, r"rejected: risk halted: trading halted \(manual\)", seen)
+        flatten = trader("flatten")
+        _wait_for_line(proc, r"flatten: open orders cancelled, positions closed at market", seen)
+        second = trader("run")  # a second trader on the same plan
+        _wait_for_line(proc, r"flatten: open orders cancelled", seen)  # both consumers flattened
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        resume = trader("resume")  # nothing listens any more
+    finally:
+        proc.kill()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    held = [c["strategies"][s]["positions"] for c in summary["consumers"] for s in c["strategies"]]
+    assert not any(held), held
+    assert sum(c["risk_refused"].get("halted", 0) for c in summary["consumers"]) >= 1
+    net = asyncio.run(_net_positions(pg_dsn, summary["batch_id"]))
+    assert net and all(abs(q) < 1e-9 for q in net.values()), net  # flattened and kept flat while halted
+    assert halt.returncode == 0, halt.stdout + halt.stderr
+    assert halt.stdout.startswith("halted: orders that open or grow a position are refused")
+    assert status.stdout.startswith("halted (manual): equity ")
+    assert (
+        flatten.stdout.startswith("flattening: already halted (manual);") and "flatten #1" in flatten.stdout
+    )
+    assert [r.returncode for r in (status, flatten)] == [0, 0]
+    assert resume.returncode == 1
+    assert second.returncode == 2
+    assert second.stdout.startswith(
+        "error: another trader is running on this plan: it answers on .liu/control.sock; stop it first"
+    )
+    assert not (tmp_path / ".liu" / "control.sock").exists()  # the daemon removed it on the way out
+    assert resume.stdout == "error: no running trader: nothing listens on .liu/control.sock\n"
+
+
+async def _wait_for_fills(dsn: str, deadline_s: float) -> None:
+    """Return once the trades table has a row (the writer flushes in batches); fail at the deadline."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        end = asyncio.get_running_loop().time() + deadline_s
+        while not await conn.fetchval("select count(*) from trades"):
+            assert asyncio.get_running_loop().time() < end, f"no fill reached the database in {deadline_s}s"
+            await asyncio.sleep(0.2)  # polling the database: the event itself, with a deadline
+    finally:
+        await conn.close()
+
+
+async def _net_positions(dsn: str, batch_id: str) -> dict[str, float]:
+    """Net filled quantity per symbol of a batch, from the trades table."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "select symbol, sum(case when side = 'buy' then qty else -qty end) as net "
+            "from trades where batch_id = $1 group by symbol",
+            batch_id,
+        )
+    finally:
+        await conn.close()
+    return {r["symbol"]: r["net"] for r in rows}

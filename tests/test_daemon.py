@@ -91,7 +91,14 @@ def check_session(summary: dict, dsn: str, consumers: int, reason: str, log: str
         (f["client_order_id"], f["symbol"], f["side"], f["qty"], round(f["price"], 6)) for f in fills
     )
     assert stored == broker
-    assert len(orders) == sum(c["orders"] for c in summary["consumers"])
+    # Every order a strategy placed is a row (bracket legs are rows too, linked to their entry), and no
+    # order is left open once the session ended.
+    placed = [o for o in orders if o["parent_id"] is None]
+    assert len(placed) == sum(c["orders"] for c in summary["consumers"])
+    assert all(o["parent_id"] in {p["client_order_id"] for p in placed} for o in orders if o["leg"])
+    assert not [
+        o["client_order_id"] for o in orders if o["status"] in ("new", "accepted", "held", "partially_filled")
+    ]
     if broker:  # the strategy counts its fills in its persistent keystore
         assert [r["key"] for r in keystore] == ["fills"]
     return broker

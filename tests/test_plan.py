@@ -30,6 +30,31 @@ def test_shipped_tradeplan_is_valid():
             {"scanners": [{"file": "s.py", "class": "S", "target_strategies": ["nope"]}]},
             "targets strategy 'nope'",
         ),
+        ({"risk": {"max_order_notionl": 1}}, "[risk] unknown key 'max_order_notionl'"),
+        ({"risk": {"max_order_notional": 0}}, "[risk] max_order_notional: given 0, expected greater than 0"),
+        ({"risk": {"max_position_notional": -5}}, "[risk] max_position_notional: given -5"),
+        (
+            {"risk": {"max_gross_exposure": "lots"}},
+            "[risk] max_gross_exposure: given 'lots', expected a valid number",
+        ),
+        ({"risk": {"max_open_orders": 2.5}}, "[risk] max_open_orders: given 2.5, expected a valid integer"),
+        (
+            {"risk": {"max_open_orders": True}},
+            "[risk] max_open_orders: given True, expected a positive number",
+        ),
+        ({"risk": {"max_orders_per_minute": 0}}, "[risk] max_orders_per_minute: given 0"),
+        ({"risk": {"price_band_bps": -1}}, "[risk] price_band_bps: given -1"),
+        ({"risk": {"max_daily_loss": -5000}}, "[risk] max_daily_loss: given -5000, expected greater than 0"),
+        ({"risk": {"on_breach": "panic"}}, "[risk] on_breach: given 'panic', expected 'halt' or 'flatten'"),
+        (
+            {"broker": {"max_participation": 0}},
+            "[broker] max_participation: given 0, expected greater than 0",
+        ),
+        (
+            {"broker": {"max_participation": 1.5}},
+            "[broker] max_participation: given 1.5, expected less than or equal",
+        ),
+        ({"broker": {"max_participation": True}}, "[broker] max_participation: given True"),
     ],
 )
 def test_bad_plan_gives_one_clear_message(raw, expected):
@@ -38,6 +63,40 @@ def test_bad_plan_gives_one_clear_message(raw, expected):
     assert expected in str(err.value)
     assert str(err.value).startswith("tp.toml: ")
     assert "\n" not in str(err.value)
+
+
+def test_risk_limits_default_to_none_and_parse_when_given():
+    plan = parse_plan({})
+    assert plan.risk.model_dump() == {
+        "max_order_notional": None,
+        "max_position_notional": None,
+        "max_gross_exposure": None,
+        "max_open_orders": None,
+        "max_orders_per_minute": None,
+        "price_band_bps": None,
+        "max_daily_loss": None,
+        "on_breach": "halt",
+    }
+    assert plan.broker.max_participation is None
+    raw = {
+        "risk": {
+            "max_order_notional": 10_000,
+            "max_open_orders": 5,
+            "max_orders_per_minute": 30,
+            "price_band_bps": 250,
+            "max_daily_loss": 2_500.5,
+            "on_breach": "flatten",
+        },
+        "broker": {"max_participation": 1},
+    }
+    plan = parse_plan(raw)
+    assert (plan.risk.max_order_notional, plan.risk.max_open_orders, plan.risk.on_breach) == (
+        10_000.0,
+        5,
+        "flatten",
+    )
+    assert (plan.risk.max_daily_loss, plan.risk.max_position_notional) == (2_500.5, None)
+    assert plan.broker.max_participation == 1.0
 
 
 def test_durations_accept_units():

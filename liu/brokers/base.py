@@ -1,17 +1,16 @@
 """The broker interface the strategy runner trades through.
 
 The paper broker implements it in-process; the Alpaca broker (later) will
-submit over REST and report fills from the trade-updates stream. Both report
-fills through `on_fill`, which the runner sets.
+submit over REST and report fills from the trade-updates stream. Both return
+order updates and fills to the runner, which routes them to the strategies.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from liu.events import Fill, Order
+from liu.events import Fill, Order, OrderUpdate
 
 
 @dataclass
@@ -44,13 +43,30 @@ class Position:
         return pnl
 
 
+Update = Fill | OrderUpdate  # what a broker reports: an order's status change or an execution
+
+
 class Broker(Protocol):
-    """What the runner needs from a broker."""
+    """What the runner needs from a broker.
 
-    on_fill: Callable[[Fill], None]
+    Every call returns what happened (order updates and fills, in the order they
+    happened) instead of calling back into the runner; market-data calls return
+    None when nothing happened, which is the common case on the hot path.
+    """
 
-    def submit(self, order: Order, last_price: float | None) -> str | None:
-        """Accept `order` (return None) or return the reason it is rejected."""
+    def submit(self, order: Order, last_price: float | None, ts: int) -> list[Update]:
+        """Accept `order` ("accepted", and "held" legs of a bracket) or reject it with a reason."""
+
+    def cancel(self, client_order_id: str, ts: int, reason: str = "") -> list[Update]: ...
+
+    def replace(self, client_order_id: str, ts: int, new_id: str, **changes: float | None) -> list[Update]:
+        """Replace an open order by a new one (`new_id`) with `changes` (qty, limit_price, trigger_price,
+        trail_percent, trail_price)."""
+
+    def open_orders(self, strategy: str | None = None, symbol: str | None = None) -> list[Order]: ...
+
+    def expire(self, ts: int) -> list[Update]:
+        """Expire every open day order (the session's or the trading day's end)."""
 
     def position(self, strategy: str, symbol: str) -> Position: ...
 
@@ -61,8 +77,12 @@ class Broker(Protocol):
     def available_cash(self) -> float: ...
 
     # Market data the broker may fill against (no-ops for a remote broker).
-    def on_trade(self, symbol: str, ts: int, price: float) -> None: ...
+    def on_trade(self, symbol: str, ts: int, price: float, size: float) -> list[Update] | None: ...
 
-    def on_quote(self, symbol: str, ts: int, bid: float, ask: float) -> None: ...
+    def on_quote(
+        self, symbol: str, ts: int, bid: float, bid_size: float, ask: float, ask_size: float
+    ) -> list[Update] | None: ...
 
-    def on_bar(self, symbol: str, ts: int, o: float, h: float, lo: float) -> None: ...
+    def on_bar(
+        self, symbol: str, ts: int, o: float, h: float, lo: float, c: float, v: float
+    ) -> list[Update] | None: ...

@@ -121,7 +121,7 @@ def _settings(settings, args: argparse.Namespace):
     """The spec's [backtest] settings with the command line's overrides (checked like the spec's)."""
     from pydantic import ValidationError
 
-    from liu.ml.signal_backtest import BacktestSettings
+    from liu.ml.spec import BacktestSettings
 
     update = {"enabled": False} if args.no_backtest else {}
     for key in ("threshold", "allocation"):

@@ -280,6 +280,9 @@ class _Group:
 class ModelScorer:
     """Runner bar hook: features and model outputs at each bar close, for the strategies that asked.
 
+    It is a `liu.hooks.ModelHook`: the runner, the strategies' contexts and the consumer know it only
+    through that protocol.
+
     `routes` is the runner's symbol → strategy-slot routing; a model runs on a bar only if a strategy
     that lists it trades that symbol (features are still updated, so they are warm when it starts).
     """
@@ -385,6 +388,9 @@ class ModelScorer:
 
     def classes(self, name: str) -> tuple:
         return self.models[name].loaded.classes
+
+    def version(self, name: str) -> int:
+        return self.models[name].version
 
     def stats(self) -> dict[str, dict]:
         """Per model: bars seen, warming up, scored per version, errors, refused versions."""

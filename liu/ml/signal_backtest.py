@@ -9,7 +9,7 @@ exits at a bar's close when it no longer does; the paper broker fills those mark
 bar's open. Only the fold's test bars are fed, so nothing fills outside the test window; an order placed
 at the last bar's close stays unfilled, and a position still open at the end is marked at the last close.
 
-The settings are the `[backtest]` table of a model spec (`BacktestSettings`), e.g.::
+The settings are the `[backtest]` table of a model spec (`liu.ml.spec.BacktestSettings`), e.g.::
 
     [backtest]
     threshold = 0.55     # classifier: long when P(up class) >= threshold (default 0.5)
@@ -29,9 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from liu.events import BAR, Bar
+from liu.ml.spec import BacktestSettings
 from liu.strategy import Context, OrderList, Strategy, StrategyConfig
 
 if TYPE_CHECKING:
@@ -40,31 +41,16 @@ if TYPE_CHECKING:
     from liu.backtest import BacktestResult
     from liu.plan import BrokerPlan
 
+__all__ = [
+    "BacktestSettings",
+    "SignalBacktest",
+    "SignalReplay",
+    "buy_and_hold",
+    "signal_backtest",
+    "signal_plan",
+]
+
 STRATEGY_NAME = "signal"
-
-
-class BacktestSettings(BaseModel):
-    """The `[backtest]` table of a model spec: how `trader train` trades each fold's signal."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = True
-    threshold: float | None = None
-    """Classifier: long when P(up) >= threshold (default 0.5). Regressor: long when prediction > threshold
-    (default 0.0)."""
-    allocation: float = Field(default=1.0, gt=0, le=1)
-    """Fraction of the starting cash in play, split evenly across the fold's symbols."""
-
-    def rule(self, regression: bool) -> tuple[float, bool]:
-        """(threshold, strict): strict means `value > threshold`, else `value >= threshold`."""
-        if regression:
-            return (0.0 if self.threshold is None else self.threshold), True
-        return (0.5 if self.threshold is None else self.threshold), False
-
-    def describe(self, regression: bool) -> str:
-        thr, strict = self.rule(regression)
-        what = "predicted return >" if strict else "P(up) ≥"
-        return f"long when {what} {thr:g}, allocation {self.allocation:g}"
 
 
 # ----------------------------------------------------------------------------------- strategy

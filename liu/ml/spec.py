@@ -71,7 +71,6 @@ from pydantic import (
 )
 
 from liu.errors import ConfigError
-from liu.ml.signal_backtest import BacktestSettings
 
 COLUMNS = ("open", "high", "low", "close", "volume")
 DERIVED_KINDS = ("diff", "ratio", "change", "pct_change", "lag")
@@ -351,6 +350,29 @@ class RegistrySpec(_Table):
     @property
     def higher_is_better(self) -> bool:
         return (self.direction or METRICS[self.metric]) == "max"
+
+
+class BacktestSettings(_Table):
+    """The `[backtest]` table of a model spec: how `trader train` trades each fold's signal
+    (`liu.ml.signal_backtest`)."""
+
+    enabled: bool = True
+    threshold: float | None = None
+    """Classifier: long when P(up) >= threshold (default 0.5). Regressor: long when prediction > threshold
+    (default 0.0)."""
+    allocation: float = Field(default=1.0, gt=0, le=1)
+    """Fraction of the starting cash in play, split evenly across the fold's symbols."""
+
+    def rule(self, regression: bool) -> tuple[float, bool]:
+        """(threshold, strict): strict means `value > threshold`, else `value >= threshold`."""
+        if regression:
+            return (0.0 if self.threshold is None else self.threshold), True
+        return (0.5 if self.threshold is None else self.threshold), False
+
+    def describe(self, regression: bool) -> str:
+        thr, strict = self.rule(regression)
+        what = "predicted return >" if strict else "P(up) ≥"
+        return f"long when {what} {thr:g}, allocation {self.allocation:g}"
 
 
 class ModelSpec(_Table):

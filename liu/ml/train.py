@@ -25,8 +25,8 @@ import pandas as pd
 from liu.errors import ConfigError
 from liu.ml.labels import make_labels
 from liu.ml.pipeline import FeaturePipeline
-from liu.ml.signal_backtest import BacktestSettings, SignalBacktest, signal_backtest
-from liu.ml.spec import ModelSpec
+from liu.ml.signal_backtest import SignalBacktest, signal_backtest
+from liu.ml.spec import BacktestSettings, ModelSpec
 
 if TYPE_CHECKING:
     from liu.plan import BrokerPlan

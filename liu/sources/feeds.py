@@ -4,7 +4,7 @@ A feed yields frames paced by a `liu.clock.Clock`:
 
 * a `list[dict]` of Alpaca-shaped messages (see `liu.sources.protocol`); the
   server filters it per connection subscription and msgpack-encodes it, or
-* an `Encoded` frame: ready msgpack bytes holding `count` messages of any
+* an `Encoded` frame (`liu.sources.protocol`): ready msgpack bytes holding `count` messages of any
   symbol. The server sends it as-is to connections subscribed to "*" (or to
   every symbol of `universe()`) on every channel the feed emits (`Feed.types`),
   and to no one else.
@@ -17,7 +17,6 @@ Feeds:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
@@ -25,16 +24,9 @@ from zoneinfo import ZoneInfo
 from liu.clock import NS, Clock
 from liu.errors import ConfigError
 from liu.plan import TradePlan
+from liu.sources.protocol import Encoded
 
 NY = ZoneInfo("America/New_York")
-
-
-@dataclass(frozen=True, slots=True)
-class Encoded:
-    """A pre-encoded frame: msgpack array bytes of `count` market messages."""
-
-    data: bytes
-    count: int
 
 
 class Feed(Protocol):

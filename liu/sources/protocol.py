@@ -1,17 +1,21 @@
-"""Alpaca v2 market-data stream protocol: msgpack encoding and message builders.
+"""Alpaca v2 market-data stream protocol: msgpack encoding, message builders, and the one decode.
 
 Every server frame is a msgpack array of maps. Market messages carry `t` as a
 msgpack Timestamp extension (type -1), never as a string: alpaca-py calls
-`msg["t"].to_datetime()` on it.
+`msg["t"].to_datetime()` on it. `wire_event` turns a received message into
+liu's wire tuple (`liu.events`); the producer and the backtester both use it.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+
+from liu.events import BAR, MALFORMED, QUOTE, TRADE
 
 Timestamp = msgpack.Timestamp
 
@@ -21,6 +25,14 @@ TYPE_OF_CHANNEL = {v: k for k, v in CHANNEL_OF_TYPE.items()}
 CHANNELS = tuple(CHANNEL_OF_TYPE.values())
 
 _packer = msgpack.Packer()
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A pre-encoded frame: msgpack array bytes of `count` market messages."""
+
+    data: bytes
+    count: int
 
 
 def encode(obj: Any) -> bytes:
@@ -120,6 +132,66 @@ def bar_msg(
         "n": n,
         "vw": (o + h + l + c) / 4.0 if vw is None else vw,
     }
+
+
+# Decoding (received frames unpacked with `msgpack.unpackb(frame, timestamp=2)`) ---------------
+
+UNROUTABLE: tuple = ()
+"""What `wire_event` returns for a message without a string symbol to route it by."""
+
+
+def wire_event(m: Any, recv: int) -> tuple | None:
+    """One received message → its wire tuple (see `liu.events`), stamped with receive time `recv` (ns).
+
+    The producer and the backtester both decode with this, so they agree on every message:
+    * a trade, quote or bar with a string symbol → its TRADE / QUOTE / BAR tuple;
+    * one with a string symbol but a missing or bad field → `(MALFORMED, symbol, 0, reason, recv)`,
+      so the consumer that owns the symbol counts it;
+    * anything without a string symbol to route by (not a map, no "S", a list or number as "S")
+      → `UNROUTABLE` (the empty tuple, false like None: test `if ev:` first);
+    * any other map (success, subscription, error, a type liu does not use) → None.
+
+    `t` must be unpacked as int nanoseconds (`timestamp=2`): a string time is malformed.
+    """
+    try:
+        kind = m["T"]
+        if kind == "t":
+            sym, t = m["S"], m["t"]
+            if t.__class__ is not int or sym.__class__ is not str:
+                raise _bad_key(sym, t)
+            return (TRADE, sym, t, float(m["p"]), float(m["s"]), recv)
+        if kind == "q":
+            sym, t = m["S"], m["t"]
+            if t.__class__ is not int or sym.__class__ is not str:
+                raise _bad_key(sym, t)
+            return (QUOTE, sym, t, float(m["bp"]), float(m["bs"]), float(m["ap"]), float(m["as"]), recv)
+        if kind == "b":
+            sym, t = m["S"], m["t"]
+            if t.__class__ is not int or sym.__class__ is not str:
+                raise _bad_key(sym, t)
+            return (
+                BAR,
+                sym,
+                t,
+                float(m["o"]),
+                float(m["h"]),
+                float(m["l"]),
+                float(m["c"]),
+                float(m["v"]),
+                recv,
+            )
+        return None
+    except Exception as e:
+        sym = m.get("S") if m.__class__ is dict else None
+        if sym.__class__ is not str:
+            return UNROUTABLE
+        return (MALFORMED, sym, 0, f"{type(e).__name__}: {e}"[:200], recv)
+
+
+def _bad_key(sym: Any, t: Any) -> Exception:
+    if t.__class__ is not int:
+        return ValueError(f"t must be a msgpack Timestamp, got {type(t).__name__}")
+    return TypeError(f"S must be a string, got {type(sym).__name__}")
 
 
 # Control messages ------------------------------------------------------------

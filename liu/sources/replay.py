@@ -48,7 +48,6 @@ import pandas as pd
 
 from liu.clock import Clock, ClockSpec
 from liu.sources import protocol as P
-from liu.sources.feeds import Encoded
 
 NY = "America/New_York"
 MINUTE_NS = 60_000_000_000
@@ -296,7 +295,7 @@ class ReplayFeed:
         """Data time of the first event (quote ticks: of the first row)."""
         return int(self._ev_ts[0]) if len(self._ev_ts) else None
 
-    async def frames(self, clock: Clock) -> AsyncIterator[list[dict] | Encoded]:
+    async def frames(self, clock: Clock) -> AsyncIterator[list[dict] | P.Encoded]:
         ev_ts = self._ev_ts
         n = len(ev_ts)
         if self.speed == "clock":

@@ -25,8 +25,10 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from liu.clock import Clock
+from liu.events import Start, Stop
+from liu.messages import ServerFailed, ServerReady, ServerStopped
 from liu.sources import protocol as P
-from liu.sources.feeds import Encoded, Feed, make_feed
+from liu.sources.feeds import Feed, make_feed
 from liu.transport import EOF_MARK, watch_connection
 
 log = logging.getLogger(__name__)
@@ -184,7 +186,7 @@ class MarketDataServer:
             n = 0
             every = self.yield_every
             async for frame in self.feed.frames(clock):
-                if type(frame) is Encoded:
+                if type(frame) is P.Encoded:
                     await self._send_encoded(frame)
                 elif frame:
                     await self._send_msgs(frame)
@@ -213,7 +215,7 @@ class MarketDataServer:
             self._conns.pop(conn.ws, None)
             return False
 
-    async def _send_encoded(self, frame: Encoded) -> None:
+    async def _send_encoded(self, frame: P.Encoded) -> None:
         types = self.feed.types
         for conn in list(self._conns.values()):
             if conn.authed and conn.route and conn.takes_all(types):
@@ -317,13 +319,11 @@ def serve_process(feed_config: dict, conn: multiprocessing.connection.Connection
         replay: path, symbols, start, end, speed ("clock" | float | None), batch,
             format (see `liu.sources.replay.ReplayFeed`).
 
-    Protocol on `conn` (child → parent unless noted):
-        ("ready", port, universe_info, first_ts_ns_or_None)   once listening;
-            universe_info: symbol → {"price", "avg_volume", "shortable"};
-            first_ts is the replay's first event data time, None for sim.
-        parent → ("start", ClockSpec): start streaming with `Clock(spec)`.
-        parent → ("stop",): stop; the child answers ("stopped", sent_events) and returns.
-        ("error", message) if the feed or server cannot be built; the child returns.
+    Messages on `conn` (`liu.messages`, child → parent unless noted):
+        `ServerReady(port, universe, first_ts)` once listening.
+        parent → `Start(clock_spec)`: start streaming with `Clock(clock_spec)`.
+        parent → `Stop()`: stop; the child answers `ServerStopped(sent_events)` and returns.
+        `ServerFailed(reason)` if the feed or server cannot be built; the child returns.
     The child also stops (without answering) when the parent end of `conn` closes.
     """
     import uvloop
@@ -347,23 +347,23 @@ async def _serve_main(cfg: dict, conn: multiprocessing.connection.Connection) ->
         first = feed.first_ts()
     except Exception as exc:
         log.exception("market-data server failed to start")
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        conn.send(ServerFailed(f"{type(exc).__name__}: {exc}"))
         return
     inbox: asyncio.Queue = asyncio.Queue()
-    conn.send(("ready", port, universe, first))
+    conn.send(ServerReady(port, universe, first))
     watch_connection(conn, lambda msg: inbox.put_nowait(None if msg is EOF_MARK else msg), loop)
     try:
         while True:
             msg = await inbox.get()
             if msg is None:
                 return
-            if msg[0] == "start":
-                server.start_feed(Clock(msg[1]))
-            elif msg[0] == "stop":
+            if isinstance(msg, Start):
+                server.start_feed(Clock(msg.clock))
+            elif isinstance(msg, Stop):
                 await server.stop()
-                conn.send(("stopped", server.sent_events))
+                conn.send(ServerStopped(server.sent_events))
                 return
             else:
-                log.warning("serve_process: unknown command %r", msg[0])
+                log.warning("serve_process: unknown command %r", msg)
     finally:
         await server.stop()

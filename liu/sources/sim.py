@@ -22,7 +22,6 @@ import numpy as np
 
 from liu.clock import Clock
 from liu.sources import protocol as P
-from liu.sources.feeds import Encoded
 
 SESSION_SECONDS = 6.5 * 3600
 _DEFAULT_MIX = {"t": 0.8, "q": 0.2, "b": 0.05, "d": 0.01}
@@ -110,7 +109,7 @@ class SimFeed:
     def first_ts(self) -> int | None:
         return None
 
-    async def frames(self, clock: Clock) -> AsyncIterator[list[dict] | Encoded]:
+    async def frames(self, clock: Clock) -> AsyncIterator[list[dict] | P.Encoded]:
         gen = _Generator(self, clock.spec.speed)
         if self.preencoded:
             make = self._preencoded_maker(gen, clock)
@@ -164,10 +163,10 @@ class SimFeed:
         ts64 = P.ts64_bytes
         state = [0]
 
-        def make() -> Encoded:
+        def make() -> P.Encoded:
             i = state[0]
             state[0] = i + 1
-            return Encoded(frames[i % k].replace(placeholder, ts64(clock.now_ns())), count)
+            return P.Encoded(frames[i % k].replace(placeholder, ts64(clock.now_ns())), count)
 
         return make
 

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
@@ -63,6 +64,22 @@ orders = Table(
     Column("submitted_at", TZ),
     Column("created_at", TZ, nullable=False, server_default=func.now()),
     Column("indicators", JSONB),
+    # Lifecycle (0003): the row holds the order's latest state; `history` one entry per status change,
+    # {"status", "ts" (int ns), "filled_qty", "filled_avg_price", "reason"}. Links have no foreign key.
+    Column("tif", Text, nullable=False, server_default="day"),
+    Column("trigger_price", Float),
+    Column("trail_percent", Float),
+    Column("trail_price", Float),
+    Column("filled_qty", Float, nullable=False, server_default="0"),
+    Column("filled_avg_price", Float),
+    Column("order_class", Text, nullable=False, server_default="simple"),
+    Column("parent_id", Text, index=True),
+    Column("leg", Text),
+    Column("legs", ARRAY(Text)),
+    Column("replaces", Text),
+    Column("replaced_by", Text),
+    Column("updated_at", TZ),
+    Column("history", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
 )
 
 trades = Table(

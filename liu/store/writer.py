@@ -1,9 +1,19 @@
-"""Buffered writer for orders and fills, used on each consumer's hot path.
+"""Buffered writer for orders, their status changes and fills, used on each consumer's hot path.
 
-`add_*` only append a tuple to a list; a background task writes the buffers in
-one transaction (orders first, so fills can reference them) with COPY, every
-`flush_interval` seconds or as soon as a buffer passes `max_batch` rows. If the
-database is down the rows stay buffered and the next flush retries them.
+`add_order`/`update_order`/`add_fill` only append to a list; a background task writes the
+buffers in one transaction every `flush_interval` seconds or as soon as a buffer passes
+`max_batch` rows: new orders with COPY, then the status changes of orders from earlier batches
+with one executemany, then fills with COPY (after their orders, which they reference). A status
+change of an order added in the same batch is folded into its inserted row instead, so an order
+placed and filled between two flushes costs one COPY row and no UPDATE.
+
+Each order row holds the order's latest state and a `history` JSONB array, one entry per status
+change, in the order the changes were reported:
+`{"status", "ts" (data time, int ns), "filled_qty", "filled_avg_price", "reason"}`. A change
+identical to the entry before it (the same snapshot reported twice) is not repeated.
+
+If the database is down the rows stay buffered and the next flush retries them; if it refuses
+some row, the batch is written row by row and only the refused rows are dropped.
 """
 
 from __future__ import annotations
@@ -42,6 +52,20 @@ ORDER_COLUMNS = (
     "reason",
     "submitted_at",
     "indicators",
+    "tif",
+    "trigger_price",
+    "trail_percent",
+    "trail_price",
+    "filled_qty",
+    "filled_avg_price",
+    "order_class",
+    "parent_id",
+    "leg",
+    "legs",
+    "replaces",
+    "replaced_by",
+    "updated_at",
+    "history",
 )
 FILL_COLUMNS = (
     "client_order_id",
@@ -57,7 +81,23 @@ FILL_COLUMNS = (
     "target_price",
     "indicators",
 )
-UPDATE_STATUS = "UPDATE orders SET status = $2, reason = $3 WHERE client_order_id = $1"
+# The latest state wins, a link once set stays, and the history grows by this batch's entries
+# (less the first one when it repeats the stored last entry).
+UPDATE_ORDER = """
+UPDATE orders SET
+    status = $2, filled_qty = $3, filled_avg_price = $4, reason = $5,
+    parent_id = COALESCE($6, parent_id), leg = COALESCE($7, leg), legs = COALESCE($8, legs),
+    replaces = COALESCE($9, replaces), replaced_by = COALESCE($10, replaced_by),
+    updated_at = COALESCE($11, updated_at),
+    history = CASE WHEN history -> -1 = $12::jsonb -> 0 THEN history || ($12::jsonb - 0)
+                   ELSE history || $12::jsonb END
+WHERE client_order_id = $1
+"""
+# Buffered order rows are FIXED fields then STATE fields; a buffered update is (client_order_id, *STATE).
+# FIXED: client_order_id, run id, symbol, side, qty, type, limit_price, stop, target, submitted_ts,
+#        indicators, tif, trigger_price, trail_percent, trail_price, order_class
+# STATE: status, filled_qty, avg_fill_price, reason, parent_id, leg, legs, replaces, replaced_by, updated_ts
+_FIXED = 16
 
 # Errors that mean "the connection/server is gone": drop the connection and retry later.
 _CONNECTION_ERRORS = (
@@ -83,6 +123,60 @@ def _first_line(exc: BaseException) -> str:
 
 def _json(value: dict | None) -> str | None:
     return None if value is None else _encode_json(value)
+
+
+def _pg_us(ns: int) -> int | None:
+    return ns // 1000 - PG_EPOCH_US if ns else None
+
+
+def _entry(state: list) -> dict:
+    status, qty, avg, reason = state[0], state[1], state[2], state[3]
+    return {
+        "status": status,
+        "ts": state[9] or None,
+        "filled_qty": qty,
+        "filled_avg_price": avg if qty else None,
+        "reason": reason or "",
+    }
+
+
+def _apply(state: list, new: tuple) -> None:
+    """Move an order's buffered state to a later snapshot: its figures win, a link once set stays."""
+    state[0:4] = new[0:4]
+    for i in range(4, 9):
+        if new[i]:
+            state[i] = new[i]
+    state[9] = new[9] or state[9]
+
+
+def _plan(orders: list[tuple], updates: list[tuple]) -> tuple[list[list], list[list]]:
+    """Fold each update into its order's row when both are in this batch; collapse the other updates
+    into one per order. Updates apply in the order they were buffered.
+
+    Returns (rows to insert, changes to earlier rows), each item `[fixed, state, history, n_updates]`.
+    """
+    inserts: list[list] = []
+    by_id: dict[str, list] = {}
+    for o in orders:
+        state = list(o[_FIXED:])
+        state[9] = state[9] or o[9]  # first status change: the submit time
+        item = [o[:_FIXED], state, [_entry(state)], 0]
+        inserts.append(item)
+        by_id.setdefault(o[0], item)  # a duplicate id is refused by the database: keep the first
+    changes: list[list] = []
+    for u in updates:
+        item = by_id.get(u[0])
+        if item is None:
+            state = list(u[1:])
+            by_id[u[0]] = item = [u[:1], state, [_entry(state)], 1]
+            changes.append(item)
+            continue
+        _apply(item[1], u[1:])
+        entry = _entry(item[1])
+        if entry != item[2][-1]:
+            item[2].append(entry)
+        item[3] += 1
+    return inserts, changes
 
 
 async def _connect(dsn: str, timeout: float) -> asyncpg.Connection:
@@ -173,7 +267,11 @@ class _Connected:
 
 
 class TradeWriter(_Connected):
-    """Batches orders, status changes and fills of one consumer process into PostgreSQL."""
+    """Batches orders, their status changes and fills of one consumer process into PostgreSQL.
+
+    The runner calls `add_order(order)` when it first sees an order, `update_order(order)` after
+    each status change and `add_fill(fill)` for each fill; `flush()`/`close()` write what is buffered.
+    """
 
     label = "trade writer"
 
@@ -196,7 +294,7 @@ class TradeWriter(_Connected):
         self.updates_written = 0
         self.rows_dropped = 0
         self._orders: list[tuple] = []
-        self._updates: list[tuple[str, str, str]] = []
+        self._updates: list[tuple] = []
         self._fills: list[tuple] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -225,7 +323,10 @@ class TradeWriter(_Connected):
         return len(self._orders) + len(self._updates) + len(self._fills)
 
     def add_order(self, order: Order) -> None:
-        """Buffer an order (its fields are copied now; later changes go through update_order_status)."""
+        """Buffer a new order, every field as it is now; its status starts the row's history.
+
+        Call it once per order (a bracket's legs included), then `update_order` on each change.
+        """
         self._orders.append(
             (
                 order.client_order_id,
@@ -237,18 +338,50 @@ class TradeWriter(_Connected):
                 order.limit_price,
                 order.stop,
                 order.target,
-                order.status,
-                order.reason,
                 order.submitted_ts,
                 order.indicators,
+                order.tif,
+                order.trigger_price,
+                order.trail_percent,
+                order.trail_price,
+                order.order_class,
+                order.status,
+                order.filled_qty,
+                order.avg_fill_price,
+                order.reason,
+                order.parent_id,
+                order.leg,
+                order.legs,
+                order.replaces,
+                order.replaced_by,
+                order.updated_ts,
             )
         )
         if len(self._orders) >= self.max_batch:
             self._wake.set()
 
-    def update_order_status(self, client_order_id: str, status: str, reason: str = "") -> None:
-        """Buffer a status change for an order added earlier (or in this same batch)."""
-        self._updates.append((client_order_id, status, reason))
+    def update_order(self, order: Order) -> None:
+        """Buffer a status change of an order added earlier (or in this same batch).
+
+        Copies the order's state now (status, filled_qty, avg_fill_price, reason, links,
+        updated_ts), so the live order may be passed as well as a snapshot; at flush the row
+        takes that state and its history gains one entry.
+        """
+        self._updates.append(
+            (
+                order.client_order_id,
+                order.status,
+                order.filled_qty,
+                order.avg_fill_price,
+                order.reason,
+                order.parent_id,
+                order.leg,
+                order.legs,
+                order.replaces,
+                order.replaced_by,
+                order.updated_ts,
+            )
+        )
         if len(self._updates) >= self.max_batch:
             self._wake.set()
 
@@ -260,27 +393,63 @@ class TradeWriter(_Connected):
 
     # ---------------------------------------------------------------- flushing
 
-    def _order_records(self, rows: list[tuple]) -> list[tuple]:
-        b = self.batch_id
-        return [
-            (
-                coid,
-                run,
-                b,
-                sym,
-                side,
-                float(qty),
-                typ,
-                lp,
-                st,
-                tg,
-                status,
-                reason,
-                ts // 1000 - PG_EPOCH_US if ts else None,
-                _json(ind),
-            )
-            for (coid, run, sym, side, qty, typ, lp, st, tg, status, reason, ts, ind) in rows
-        ]
+    def _order_record(self, item: list) -> tuple:
+        (
+            (coid, run, sym, side, qty, typ, lp, st, tg, sub_ts, ind, tif, trig, tpct, tpx, cls),
+            state,
+            history,
+            _,
+        ) = item
+        status, fqty, avg, reason, parent, leg, legs, repl, repl_by, upd_ts = state
+        return (
+            coid,
+            run,
+            self.batch_id,
+            sym,
+            side,
+            float(qty),
+            typ,
+            lp,
+            st,
+            tg,
+            status,
+            reason,
+            _pg_us(sub_ts),
+            _json(ind),
+            tif,
+            trig,
+            tpct,
+            tpx,
+            float(fqty),
+            float(avg) if fqty else None,
+            cls,
+            parent or None,
+            leg or None,
+            list(legs) or None,
+            repl or None,
+            repl_by or None,
+            _pg_us(upd_ts),
+            _encode_json(history),
+        )
+
+    @staticmethod
+    def _change_record(item: list) -> tuple:
+        (coid,), state, history, _ = item
+        status, fqty, avg, reason, parent, leg, legs, repl, repl_by, upd_ts = state
+        return (
+            coid,
+            status,
+            float(fqty),
+            float(avg) if fqty else None,
+            reason,
+            parent or None,
+            leg or None,
+            list(legs) or None,
+            repl or None,
+            repl_by or None,
+            _pg_us(upd_ts),
+            _encode_json(history),
+        )
 
     def _fill_records(self, fills: list[Fill]) -> list[tuple]:
         b = self.batch_id
@@ -304,14 +473,15 @@ class TradeWriter(_Connected):
         ]
 
     async def _write(self, orders: list[tuple], updates: list[tuple], fills: list[Fill]) -> None:
+        inserts, changes = _plan(orders, updates)
         conn = await self._connection()
         async with conn.transaction():
-            if orders:
+            if inserts:
                 await conn.copy_records_to_table(
-                    "orders", records=self._order_records(orders), columns=ORDER_COLUMNS
+                    "orders", records=[self._order_record(i) for i in inserts], columns=ORDER_COLUMNS
                 )
-            if updates:
-                await conn.executemany(UPDATE_STATUS, updates)
+            if changes:
+                await conn.executemany(UPDATE_ORDER, [self._change_record(c) for c in changes])
             if fills:
                 await conn.copy_records_to_table(
                     "trades", records=self._fill_records(fills), columns=FILL_COLUMNS
@@ -323,34 +493,43 @@ class TradeWriter(_Connected):
         """Row by row, each in a savepoint: write what the database accepts, drop (and log) the rest.
 
         Only used after a batch failed on its data (not the connection), so one bad row
-        (say a fill whose order was never added) cannot block every later write.
+        (say a fill whose order was never added) cannot block every later write. The unit for
+        orders and their changes is one order: its row with the updates folded in, or all of
+        this batch's updates of an earlier order.
+        Returns (orders, updates, fills) written; an update counts with its order.
         """
+        inserts, changes = _plan(orders, updates)
         conn = await self._connection()
         done = [0, 0, 0]
         jobs = [
             (
-                0,
-                orders,
-                lambda r: conn.copy_records_to_table(
-                    "orders", records=self._order_records([r]), columns=ORDER_COLUMNS
+                inserts,
+                lambda i: conn.copy_records_to_table(
+                    "orders", records=[self._order_record(i)], columns=ORDER_COLUMNS
                 ),
+                lambda i: (1, i[3], 0),
             ),
-            (1, updates, lambda r: conn.executemany(UPDATE_STATUS, [r])),
             (
-                2,
+                changes,
+                lambda c: conn.execute(UPDATE_ORDER, *self._change_record(c)),
+                lambda c: (0, c[3], 0),
+            ),
+            (
                 fills,
-                lambda r: conn.copy_records_to_table(
-                    "trades", records=self._fill_records([r]), columns=FILL_COLUMNS
+                lambda f: conn.copy_records_to_table(
+                    "trades", records=self._fill_records([f]), columns=FILL_COLUMNS
                 ),
+                lambda f: (0, 0, 1),
             ),
         ]
         async with conn.transaction():
-            for idx, rows, write in jobs:
+            for rows, write, weight in jobs:
                 for row in rows:
                     try:
                         async with conn.transaction():
                             await write(row)
-                        done[idx] += 1
+                        for k, n in enumerate(weight(row)):
+                            done[k] += n
                     except _CONNECTION_ERRORS:
                         raise
                     except Exception as exc:  # noqa: BLE001 - the row is bad, not the connection

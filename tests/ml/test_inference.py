@@ -14,7 +14,7 @@ from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
 from liu.brokers.account import Account
-from liu.consumer import build_runner
+from liu.engine import build_runner
 from liu.events import BAR
 from liu.ml.export import to_onnx
 from liu.ml.inference import (

@@ -69,7 +69,12 @@ def test_regressor_rule_is_strict_and_nan_means_no_change() -> None:
         ("sell", 107, BARS[4][2]),
         ("buy", 98, BARS[6][2]),
     ]
-    assert bt.result.fills[0].qty == math.floor(100_000 / 100)  # default: the whole default cash
+    # The whole default cash, sized on bar 1's close 100 (1000 shares); bar 2 opened at 102, so the fill is
+    # cut to what the cash pays, floor(100_000 / 102) = 980 shares, and the rest is cancelled.
+    assert bt.result.fills[0].qty == math.floor(100_000 / 102)
+    first = bt.result.orders[0]
+    assert (first.status, first.filled_qty) == ("cancelled", 980)
+    assert first.reason.startswith("insufficient cash at fill price 102")
     assert [o.status for o in bt.result.orders][-1] != "filled"
 
 

@@ -18,6 +18,8 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from liu.clock import NS, Clock, ClockSpec
+from liu.events import Start, Stop
+from liu.messages import ServerReady, ServerStopped
 from liu.sources import protocol as P
 from liu.sources.replay import ReplayFeed
 from liu.sources.server import MarketDataServer, serve_process
@@ -503,19 +505,19 @@ async def test_serve_process_sim():
     proc.start()
     try:
         msg = await asyncio.wait_for(asyncio.to_thread(parent.recv), 30)
-        assert msg[0] == "ready" and msg[3] is None
-        port, universe = msg[1], msg[2]
+        assert isinstance(msg, ServerReady) and msg.first_ts is None
+        port, universe = msg.port, msg.universe
         assert set(universe) == {f"SIM{i:03d}" for i in range(10)}
         assert set(universe["SIM000"]) == {"price", "avg_volume", "shortable"}
         c = await Client.open(port)
         await c.auth("k", "s")
         await c.request({"action": "subscribe", "trades": ["*"]})
-        parent.send(("start", ClockSpec.live()))
+        parent.send(Start(ClockSpec.live()))
         frame = await c.recv()
         assert frame and all(m["T"] == "t" for m in frame)
-        parent.send(("stop",))
+        parent.send(Stop())
         msg = await asyncio.wait_for(asyncio.to_thread(parent.recv), T)
-        assert msg[0] == "stopped" and msg[1] >= len(frame)
+        assert isinstance(msg, ServerStopped) and msg.sent_events >= len(frame)
         await c.close()
         await asyncio.to_thread(proc.join, T)
         assert proc.exitcode == 0
@@ -533,19 +535,19 @@ async def test_serve_process_replay_reports_first_ts(tmp_path):
     proc.start()
     try:
         msg = await asyncio.wait_for(asyncio.to_thread(parent.recv), 30)
-        assert msg[0] == "ready"
+        assert isinstance(msg, ServerReady)
         first = pd.Timestamp("2011-01-03 15:00:00Z").value
-        assert msg[3] == first
-        assert msg[2] == {"SPY": {"price": 1.5, "avg_volume": 30.0, "shortable": True}}
-        c = await Client.open(msg[1])
+        assert msg.first_ts == first
+        assert msg.universe == {"SPY": {"price": 1.5, "avg_volume": 30.0, "shortable": True}}
+        c = await Client.open(msg.port)
         await c.auth()
         await c.request({"action": "subscribe", "bars": ["*"]})
-        parent.send(("start", ClockSpec(first, time.time_ns(), None)))
+        parent.send(Start(ClockSpec(first, time.time_ns(), None)))
         frame = await c.recv()
         assert [m["c"] for m in frame] == [1.5, 2.5, 3.5]
         assert await c.recv() == [{"T": "success", "msg": "end of data", "events": 3}]
-        parent.send(("stop",))
-        assert await asyncio.wait_for(asyncio.to_thread(parent.recv), T) == ("stopped", 3)
+        parent.send(Stop())
+        assert await asyncio.wait_for(asyncio.to_thread(parent.recv), T) == ServerStopped(3)
         await c.close()
         await asyncio.to_thread(proc.join, T)
         assert proc.exitcode == 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 from datetime import UTC, datetime
 
@@ -64,17 +66,22 @@ async def test_writes_10k_orders_and_fills(pg_dsn: str) -> None:
     n = 10_000
     for i in range(n):
         strategy = "momo" if i % 4 else "revert"
-        w.add_order(_order(i, strategy))
+        order = _order(i, strategy)
+        w.add_order(order)
         if i % 10 == 0:
-            w.update_order_status(f"o-{i}", "rejected", "no buying power")
+            order.status, order.reason = "rejected", "no buying power"
         else:
-            w.update_order_status(f"o-{i}", "filled", "")
-            w.add_fill(_fill(i, strategy))
+            fill = _fill(i, strategy)
+            order.status, order.filled_qty, order.avg_fill_price = "filled", fill.qty, fill.price
+            w.add_fill(fill)
+        order.updated_ts = order.submitted_ts + 500
+        w.update_order(order)
         if i % 1000 == 0:
             await asyncio.sleep(0)  # let the background flusher run between bursts
     assert await w.close()
     assert w.orders_written == n
     assert w.fills_written == n - n // 10
+    assert w.updates_written == n
     assert w.pending == 0
 
     conn = await asyncpg.connect(pg_dsn)
@@ -100,6 +107,9 @@ async def test_writes_10k_orders_and_fills(pg_dsn: str) -> None:
         assert o["submitted_at"].microsecond == (src.submitted_ts // 1000) % 1_000_000
         assert o["status"] == ("rejected" if i % 10 == 0 else "filled")
         assert o["reason"] == ("no buying power" if i % 10 == 0 else "")
+        assert o["filled_qty"] == (0.0 if i % 10 == 0 else src.qty)
+        assert o["updated_at"] == ns_to_datetime(src.submitted_ts + 500)
+        assert [h["status"] for h in json.loads(o["history"])] == ["new", o["status"]]
         if i % 10:
             f, fsrc = fills[f"o-{i}"], _fill(i, src.strategy)
             assert f["algo_run_id"] == run_ids[src.strategy]
@@ -145,7 +155,7 @@ async def test_keeps_rows_while_database_is_down(tmp_path, caplog) -> None:
         for i in range(1, 101):
             w.add_order(_order(i))
             w.add_fill(_fill(i))
-        w.update_order_status("o-0", "filled")
+        w.update_order(dataclasses.replace(_order(0), status="filled", filled_qty=1.0, avg_fill_price=100.0))
         with caplog.at_level(logging.ERROR, logger="liu.store.writer"):
             assert not await w.flush()
             assert not await w.flush()
@@ -157,14 +167,16 @@ async def test_keeps_rows_while_database_is_down(tmp_path, caplog) -> None:
         pg = EmbeddedPostgres.start(data)
         assert await w.flush()
         assert w.pending == 0
-        assert (w.orders_written, w.fills_written) == (101, 101)
+        assert (w.orders_written, w.updates_written, w.fills_written) == (101, 1, 101)
         await w.close()
 
         conn = await asyncpg.connect(pg.dsn)
         try:
             assert await conn.fetchval("SELECT count(*) FROM orders") == 101
             assert await conn.fetchval("SELECT count(*) FROM trades") == 101
-            assert await conn.fetchval("SELECT status FROM orders WHERE client_order_id = 'o-0'") == "filled"
+            row = await conn.fetchrow("SELECT status, history FROM orders WHERE client_order_id = 'o-0'")
+            assert row["status"] == "filled"
+            assert [h["status"] for h in json.loads(row["history"])] == ["new", "filled"]
         finally:
             await conn.close()
     finally:
