@@ -140,12 +140,14 @@ class Consumer:
             a[k] = c[name]
 
     async def _tick(self) -> None:
-        """Housekeeping every 250 ms: close quiet symbols' bars (live only), save keystores,
-        write predictions, follow model promotions."""
+        """Housekeeping every 250 ms: close quiet symbols' bars (live only), keep the shared account
+        current (and act on a flatten even when no events arrive), save keystores, write predictions,
+        follow model promotions."""
         while True:
             await asyncio.sleep(0.25)
             if self.clock is not None and self.clock.realtime:
                 await self.runner.flush_bars(self.clock.now_ns())
+            await self.runner.poll_account()
             await self.save_keystores()
             if self.predictions is not None:
                 # Shielded: a Stop cancels this task, and a COPY cut off mid-way would lose or repeat rows;

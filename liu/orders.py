@@ -21,6 +21,7 @@ from liu.events import Fill, Order, OrderUpdate
 from liu.risk import RiskManager, with_open_orders
 
 log = logging.getLogger(__name__)
+_COUNTED = frozenset({"rejected", "cancelled", "expired"})  # order events with a runner counter
 
 
 class Sink(Protocol):
@@ -160,34 +161,36 @@ class OrderDesk:
 
     def _note(self, updates: list[Update]) -> None:
         counts = self.counts
+        filled = False
         for up in updates:
             if up.__class__ is Fill:
                 counts["fills"] += 1
                 self.fill_log.append(up)  # type: ignore[arg-type]
-            else:
-                event = up.event  # type: ignore[union-attr]
-                if event in ("rejected", "cancelled", "expired"):
-                    counts[event] += 1
-                    if event == "rejected":
-                        o = up.order  # type: ignore[union-attr]
-                        log.warning(
-                            "order %s %s %s x%g by %s rejected: %s",
-                            o.client_order_id,
-                            o.side,
-                            o.symbol,
-                            o.qty,
-                            o.strategy,
-                            o.reason,
-                        )
+                filled = True
+                continue
+            event = up.event  # type: ignore[union-attr]
+            if event in _COUNTED:
+                counts[event] += 1
+                if event == "rejected":
+                    o = up.order  # type: ignore[union-attr]
+                    log.warning(
+                        "order %s %s %s x%g by %s rejected: %s",
+                        o.client_order_id,
+                        o.side,
+                        o.symbol,
+                        o.qty,
+                        o.strategy,
+                        o.reason,
+                    )
         self.queue.extend(updates)
-        if any(up.__class__ is Fill for up in updates):
+        if filled:
             self.publish()
 
     # -- risk, account, housekeeping ----------------------------------------
     def _risk_check(self, order: Order, last: float | None, now: int, instead_of: str = "") -> str | None:
         """The risk manager's verdict; `instead_of` is the order a replacement would take the place of."""
-        if self.risk is None:
-            return None
+        if self.risk is None or not (self.risk.enabled or self.account.halted):
+            return None  # no limits set and not halted: nothing to check, so nothing to gather
         open_here = [
             o for o in self.broker.open_orders(symbol=order.symbol) if o.client_order_id != instead_of
         ]
@@ -204,7 +207,7 @@ class OrderDesk:
             held=with_open_orders(held, mine, order.side),
             symbol_position=with_open_orders(symbol_qty, open_here, order.side),
             local_gross=self._market_value()[1],
-            local_open_orders=len(self.broker.open_orders()),
+            local_open_orders=self.broker.open_count(),
             now_ns=now,
         )
 
@@ -221,20 +224,24 @@ class OrderDesk:
     def publish(self) -> None:
         """Put this process's market value and open orders into the shared account."""
         net, gross = self._market_value()
-        self.account.publish(self.slot, net, gross, len(self.broker.open_orders()))
+        self.account.publish(self.slot, net, gross, self.broker.open_count())
 
     def account_view(self) -> AccountView:
         self.publish()
         return self.account.view()
 
     def on_minute(self, now: int) -> None:
-        """Once per minute of data time: expire day orders, publish, check the daily loss."""
+        """Once per minute of data time: expire day orders; roll the trading day and check the daily
+        loss (with this process's positions published first) when the risk manager needs it."""
         expired = self.broker.expire(now)
         if expired:
             self.record(expired)
-        self.publish()
-        if self.risk is not None and self.risk.on_minute(now) == "flatten":
-            self.account.request_flatten()
+        risk = self.risk
+        if risk is not None and risk.due(now):
+            self.publish()
+            if risk.on_minute(now) == "flatten":
+                self.account.request_flatten()
+                self.check_flatten(now)  # this process at once; the others at their next batch
 
     def check_flatten(self, now: int) -> bool:
         """Carry out a flatten requested anywhere (a risk breach, the control channel) once."""

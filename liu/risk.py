@@ -250,6 +250,10 @@ class RiskManager:
         return f"risk {rule}: {text}"
 
     # -- the trading day -----------------------------------------------------
+    def due(self, now_ns: int) -> bool:
+        """Whether `on_minute` has work at `now_ns`: a daily-loss limit to check, or a new day to start."""
+        return self.plan.max_daily_loss is not None or not self._day_start_ns <= now_ns < self._day_end_ns
+
     def on_minute(self, now_ns: int) -> str | None:
         """Roll the New York day and check the day's loss; "halt" or "flatten" once on a breach, else None."""
         if not self._day_start_ns <= now_ns < self._day_end_ns:

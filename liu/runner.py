@@ -247,7 +247,9 @@ class StrategyRunner:
                 if ts > self.now:
                     self.now = ts
                     if ts >= self._next_minute:
-                        await self._minute(ts)
+                        self._minute(ts)
+                        if desk.queue:
+                            await self._deliver()
                 if kind == TRADE:
                     price = ev[3]
                     self.last_price[sym] = price
@@ -304,14 +306,18 @@ class StrategyRunner:
             counts["malformed"] += malformed
             counts["processed"] += len(batch) - stale - malformed
 
-    async def _minute(self, ts: int) -> None:
+    def _minute(self, ts: int) -> None:
         """Data time entered a new minute: sample the last one, then the desk's housekeeping."""
         if self._next_minute and self._on_minute is not None:
             self._on_minute(self._next_minute)
         self._next_minute = (ts // MINUTE + 1) * MINUTE
         self.desk.on_minute(ts)
-        self.desk.check_flatten(ts)  # a daily-loss breach here flattens at once
-        if self.desk.queue:
+
+    async def poll_account(self) -> None:
+        """Publish this process's positions to the shared account and carry out a pending flatten
+        (the consumer calls this on its timer, so both happen even while no events arrive)."""
+        self.desk.publish()
+        if self.desk.check_flatten(self.now):
             await self._deliver()
 
     async def flush_bars(self, now_ns: int, grace_ns: int = 2 * 10**9) -> None:

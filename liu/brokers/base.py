@@ -65,6 +65,9 @@ class Broker(Protocol):
 
     def open_orders(self, strategy: str | None = None, symbol: str | None = None) -> list[Order]: ...
 
+    def open_count(self) -> int:
+        """How many orders are open (bracket legs included)."""
+
     def expire(self, ts: int) -> list[Update]:
         """Expire every open day order (the session's or the trading day's end)."""
 

@@ -76,6 +76,27 @@ NY = ZoneInfo("America/New_York")
 _NEVER = 1 << 62
 
 
+def snapshot(order: Order) -> Order:
+    """A copy of `order` as it is now, for an update (cheaper than `dataclasses.replace`)."""
+    new = object.__new__(Order)
+    new.__dict__.update(order.__dict__)
+    return new
+
+
+class DayClose:
+    """`day_close_ns`, remembering its last answer: every later time before that close's last minute
+    has the same answer, so orders placed through one day compute it once."""
+
+    def __init__(self) -> None:
+        self._lo = self._hi = 0
+
+    def __call__(self, ts: int) -> int:
+        if self._lo <= ts < self._hi - 60_000_000_000:
+            return self._hi
+        self._lo, self._hi = ts, day_close_ns(ts)
+        return self._hi
+
+
 def day_close_ns(ts: int) -> int:
     """When a day order placed at `ts` (ns) expires: the next 16:00 New York time after its minute.
 
@@ -138,6 +159,7 @@ class PaperBroker:
         self._open: dict[str, _Working] = {}  # every open order (legs held for their entry too)
         self._working: dict[str, list[_Working]] = {}  # per symbol, the orders events are matched against
         self._next_expiry = _NEVER
+        self._day_close = DayClose()
 
     # -- queries --------------------------------------------------------
     def position(self, strategy: str, symbol: str) -> Position:
@@ -179,20 +201,20 @@ class PaperBroker:
             reason = self._reserve(w, last_price)
         if reason is not None:
             order.status, order.reason, order.updated_ts = "rejected", reason, ts
-            return [OrderUpdate("rejected", replace(order), ts)]
+            return [OrderUpdate("rejected", snapshot(order), ts)]
         if order.type == "trailing_stop":
             w.best = last_price  # type: ignore[assignment]
         if order.tif == "day":
-            w.expires = day_close_ns(ts)
+            w.expires = self._day_close(ts)
             self._next_expiry = min(self._next_expiry, w.expires)
         legs = self._make_legs(order, ts)
         order.status, order.updated_ts = "accepted", ts
         self._open[order.client_order_id] = w
         self._working.setdefault(order.symbol, []).append(w)
-        out: list[Update] = [OrderUpdate("accepted", replace(order), ts)]
+        out: list[Update] = [OrderUpdate("accepted", snapshot(order), ts)]
         for leg in legs:
             self._open[leg.client_order_id] = _Working(leg, expires=w.expires)
-            out.append(OrderUpdate("held", replace(leg), ts))
+            out.append(OrderUpdate("held", snapshot(leg), ts))
         return out
 
     def _invalid(self, order: Order, last_price: float | None) -> str | None:
@@ -350,7 +372,7 @@ class PaperBroker:
         if reason is not None:
             self.account.apply(0.0, w.reserved)
             new.status, new.reason, new.updated_ts = "rejected", f"replace refused: {reason}", ts
-            return [OrderUpdate("rejected", replace(new), ts)]
+            return [OrderUpdate("rejected", snapshot(new), ts)]
         w.reserved = 0.0
         old.replaced_by = new_id
         held = old.status == "held"  # a held leg's replacement waits for the entry too
@@ -363,7 +385,7 @@ class PaperBroker:
         self._relink(old, new)
         if new.leg and new.status != "held":
             self._fit_legs(new.strategy, new.symbol, ts, out)  # a bigger leg would open the other way
-        out.append(OrderUpdate(new.status, replace(new), ts))
+        out.append(OrderUpdate(new.status, snapshot(new), ts))
         return out
 
     def _relink(self, old: Order, new: Order) -> None:
@@ -418,7 +440,7 @@ class PaperBroker:
             working.remove(w)
             if not working:
                 del self._working[order.symbol]
-        out: list[Update] = [OrderUpdate(status, replace(order), ts)]
+        out: list[Update] = [OrderUpdate(status, snapshot(order), ts)]
         if order.legs and status != "replaced":
             for leg_id in order.legs:
                 lw = self._open.get(leg_id)
@@ -622,7 +644,7 @@ class PaperBroker:
             order.indicators,
         )
         out.append(fill)
-        out.append(OrderUpdate(order.status, replace(order), ts))
+        out.append(OrderUpdate(order.status, snapshot(order), ts))
         if done:
             self._open.pop(order.client_order_id, None)
             working = self._working[order.symbol]
@@ -654,7 +676,7 @@ class PaperBroker:
             if leg.status == "held":
                 leg.status, leg.updated_ts = "accepted", ts
                 self._working.setdefault(leg.symbol, []).append(lw)
-                out.append(OrderUpdate("accepted", replace(leg), ts))
+                out.append(OrderUpdate("accepted", snapshot(leg), ts))
                 activated.append(lw)
         return activated
 
