@@ -2,7 +2,7 @@
 
 Reproduce:  .venv/bin/python benchmarks/live_path.py [--json PATH] [--consumers 1] [--symbols 500]
                 [--seconds 3] [--rates 50k,100k,...] [--baseline-rates ...] [--no-cold-start] [--profile]
-                [--strategy plain|ml|both] [--speed N] [--tries N]
+                [--strategy plain|ml|both] [--speed N] [--tries N] [--source sim|alpaca|both]
 
 Processes are wired exactly as liu/daemon.py does (forkserver context, one Pipe(duplex=False) per
 consumer, Subscribe(Assign(all symbols)), wait for Subscribed, Start(ClockSpec) to the producer,
@@ -24,6 +24,14 @@ side and interleaves their steps rate by rate (only one is fed at a time), so th
 same minutes of a shared machine; `--tries N` reruns a rate up to N times before it counts as not
 sustained. Defaults (plain, speed 1, one try) are the old run. Model cost per bar close: the
 consumers' CPU per event, ML minus plain at the same rate, per scored bar (noisy when bars are few).
+
+Alpaca source kind (`--source alpaca|both`; default both): the same workload, with the producer and
+consumers set up as `[source] kind = "alpaca"` sets them up against liu's server as a local Alpaca: the
+producer on the stock stream path (`/v2/iex`, the crypto path beside it, subscribing updated bars too)
+and every consumer warming its symbols from the server's historical-bars REST (alpaca-py's client,
+`liu.sources.alpaca.history`) before their first event. Its sustained rate should match the sim
+figure within noise; the warm-up time of all `--symbols` (Subscribe sent → every consumer has loaded
+or given up on each of its symbols) is reported beside it.
 """
 
 from __future__ import annotations
@@ -120,9 +128,13 @@ class Pipeline:
         work: bool = True,
         speed: float = 1.0,
         model: dict | None = None,
+        source: str = "sim",
     ) -> None:
-        """`model` (from _ml_bench.BenchModel.as_dict): run LiveBenchML with it; `speed`: market clock × wall."""
+        """`model` (from _ml_bench.BenchModel.as_dict): run LiveBenchML with it; `speed`: market clock × wall;
+        `source`: "alpaca" wires producer and consumers as kind = "alpaca" does (stream paths, warm-up)."""
         self.mode = mode
+        self.source = source
+        self.warmup: dict | None = None
         self.n = consumers
         self.speed = speed
         self.ml = model is not None
@@ -132,7 +144,8 @@ class Pipeline:
             "name": "bench",
             "file": STRATEGY,
             "class": "LiveBench",
-            "config": {"warm_symbols": symbols, "work": work},
+            # sim: a synthetic history seeds the indicators; alpaca: the consumers load the server's
+            "config": {"warm_symbols": symbols if source == "sim" else 0, "work": work},
         }
         if model is not None:
             entry["class"] = "LiveBenchML"
@@ -160,6 +173,18 @@ class Pipeline:
             raise RuntimeError("server did not start")
         _, port, self.symbols = self.server_conn.recv()
         url = f"ws://127.0.0.1:{port}"
+        crypto_url = history = None
+        kinds: tuple[str, ...] = ("trades", "quotes")
+        if source == "alpaca":
+            from liu.market import warmup_bars
+            from liu.sources.alpaca.client import Credentials, Endpoints
+            from liu.sources.alpaca.history import HistorySource
+
+            http = f"http://127.0.0.1:{port}"
+            endpoints = Endpoints(http, url, http, "iex")
+            url, crypto_url = endpoints.stock_stream, endpoints.crypto_stream
+            kinds = (*kinds, "updatedBars")
+            history = HistorySource(endpoints, Credentials(KEY, SECRET), warmup_bars(self.plan))
         self.stats = SharedStats(consumers, ctx)
         self.control = ctx.RawArray("q", 2)
         self.ml_counts = ctx.RawArray("q", len(ML_FIELDS) * consumers) if self.ml else None
@@ -179,6 +204,7 @@ class Pipeline:
                 self.stats,
                 control=self.control,
                 ml_counts=self.ml_counts,
+                history=history,
             )
             if mode == "liu":
                 r, w = ctx.Pipe(duplex=False)
@@ -197,17 +223,17 @@ class Pipeline:
             self.results.append(res_r)
         main_end, prod_end = ctx.Pipe()
         target = producer_main if mode == "liu" else baseline_producer_main
-        self.producer = ctx.Process(
-            target=target,
-            args=(url, KEY, SECRET, chans, prod_end, self.stats, ("trades", "quotes")),
-            name=f"{mode}-producer",
-        )
+        args: tuple = (url, KEY, SECRET, chans, prod_end, self.stats, kinds)
+        if crypto_url is not None:
+            args = (*args, crypto_url)
+        self.producer = ctx.Process(target=target, args=args, name=f"{mode}-producer")
         self.producer.start()
         prod_end.close()
         if mode == "liu":
             for w in chans:
                 w.close()
         self.ctl = main_end
+        t_subscribe = time.monotonic()
         self.ctl.send(Subscribe(Assign(tuple(self.symbols), (), "")))
         if not self.ctl.poll(30):
             raise RuntimeError("producer did not answer the subscription")
@@ -215,6 +241,8 @@ class Pipeline:
         if not isinstance(msg, Subscribed):
             raise RuntimeError(f"producer: {msg}")
         self.wait_ready(120 if self.ml else 60)
+        if history is not None:
+            self.warmup = self.wait_warm(t_subscribe, history.bars)
         now = time.time_ns()
         # speed 1: data time = wall time, so trade.ts is the server's send time
         spec = ClockSpec(now, now, speed)
@@ -234,6 +262,26 @@ class Pipeline:
                 raise RuntimeError(f"consumer {i} exited during start-up (exit code {p.exitcode})") from None
             if not isinstance(msg, ConsumerReady):
                 raise RuntimeError(f"consumer {i}: expected ready, got {msg!r}")
+
+    def wait_warm(self, t0: float, bars: int, timeout: float = 300) -> dict:
+        """Until every consumer has loaded (or given up on) each of its symbols' history; from `t0`."""
+        n = len(self.symbols)
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = [self.stats.consumer(i) for i in range(self.n)]
+            done = sum(r["warmed"] + r["warm_failed"] for r in rows)
+            if done >= n:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"warm-up: {done} of {n} symbols after {timeout:g}s")
+            time.sleep(0.01)
+        return {
+            "symbols": n,
+            "bars_per_symbol": bars,
+            "seconds": round(time.monotonic() - t0, 3),
+            "bars": sum(r["warm_bars"] for r in rows),
+            "not_loaded": sum(r["warm_failed"] for r in rows),
+        }
 
     # -- measuring -------------------------------------------------------
     def ml_totals(self) -> dict[str, int]:
@@ -494,7 +542,7 @@ def profile(pids: dict[str, int], seconds: float) -> dict:
 class Ramp:
     """One pipeline stepped up in rate until two steps in a row are not sustained."""
 
-    def __init__(self, mode: str, args, model: dict | None = None) -> None:
+    def __init__(self, mode: str, args, model: dict | None = None, source: str = "sim") -> None:
         self.t_start = time.monotonic()
         self.args = args
         self.pipe = Pipeline(
@@ -506,15 +554,27 @@ class Ramp:
             not args.no_work,
             speed=args.speed,
             model=model,
+            source=source,
         )
         self.model = model
         self.label = f"{mode}+ml" if model else mode
+        if source != "sim":
+            self.label += f"/{source}"
         self.out: dict = {
             "mode": mode,
             "strategy": "ml" if model else "plain",
+            "source": source,
             "speed": args.speed,
             "steps": [],
         }
+        if self.pipe.warmup is not None:
+            self.out["warmup"] = self.pipe.warmup
+            w = self.pipe.warmup
+            print(
+                f"  [{self.label}] warm-up: {w['symbols']:,} symbols × {w['bars_per_symbol']} bars in "
+                f"{w['seconds']:.2f} s ({w['bars']:,} bars loaded, {w['not_loaded']} not loaded)",
+                flush=True,
+            )
         self.best = self.step_id = self.failures = 0
         self.done = False
 
@@ -610,9 +670,18 @@ class Ramp:
         return out
 
 
-def ramp(mode: str, rates: list[int], args, latency: bool, prof: bool, model: dict | None = None) -> dict:
-    """Step the offered rate up until two steps in a row are not sustained; `model`: the ML strategy."""
-    r = Ramp(mode, args, model)
+def ramp(
+    mode: str,
+    rates: list[int],
+    args,
+    latency: bool,
+    prof: bool,
+    model: dict | None = None,
+    source: str = "sim",
+) -> dict:
+    """Step the offered rate up until two steps in a row are not sustained; `model`: the ML strategy;
+    `source`: "alpaca" for the alpaca source kind's wiring (see the module docstring)."""
+    r = Ramp(mode, args, model, source)
     try:
         r.warm()
         for rate in rates:
@@ -766,6 +835,13 @@ def main() -> int:
         default=1.0,
         help="market clock speed (× wall time); e.g. 120 closes each symbol's minute bar every 0.5 s",
     )
+    p.add_argument(
+        "--source",
+        choices=("sim", "alpaca", "both"),
+        default="both",
+        help="sim: the producer on liu's own stream; alpaca: as [source] kind = 'alpaca' (stream paths, "
+        "warm-up from the server's REST); both: each, plain strategy (the alpaca run follows the sim one)",
+    )
     args = p.parse_args()
     if args.speed <= 0:
         p.error("--speed must be positive")
@@ -809,8 +885,10 @@ def main() -> int:
             res["liu"], res["liu_ml"] = ramp_pair(_rates(args.rates), args, model, True, args.profile)
         elif args.strategy == "ml":
             res["liu_ml"] = ramp("liu", _rates(args.rates), args, True, args.profile, model=model)
-        else:
+        elif args.source != "alpaca":
             res["liu"] = ramp("liu", _rates(args.rates), args, latency=True, prof=args.profile)
+        if args.source != "sim":
+            res["liu_alpaca"] = ramp("liu", _rates(args.rates), args, True, args.profile, source="alpaca")
     finally:
         if work is not None:
             work.cleanup()
@@ -847,7 +925,28 @@ def report(res: dict) -> None:
         report_ramp(res, res["liu"])
     if "liu_ml" in res:
         report_ml(res)
+    if "liu_alpaca" in res:
+        report_alpaca(res)
     report_rest(res)
+
+
+def report_alpaca(res: dict) -> None:
+    al = res["liu_alpaca"]
+    sim = res.get("liu", {}).get("sustained_rate")
+    ratio = f"; alpaca/sim = {al['sustained_rate'] / sim:.2f}×" if sim else ""
+    print(f"9. sustained (liu, alpaca source kind): {al['sustained_rate']:,} events/s{ratio}")
+    lat = al.get("latency", {})
+    if lat.get("samples"):
+        print(
+            f"   latency at {al['latency_step']['target_rate']:,}/s (producer recv → on_trade): "
+            f"p50 {lat['p50_us']:.0f} µs, p99 {lat['p99_us']:.0f} µs ({lat['samples']:,} events)"
+        )
+    w = al.get("warmup")
+    if w:
+        print(
+            f"10. warm-up of {w['symbols']:,} symbols × {w['bars_per_symbol']} bars from the local server's "
+            f"REST: {w['seconds']:.2f} s ({w['bars']:,} bars, {w['not_loaded']} not loaded)"
+        )
 
 
 def cpu_per_bar(plain: list[dict], ml: list[dict]) -> list[dict]:

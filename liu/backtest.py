@@ -57,6 +57,7 @@ class BacktestResult:
     counts: dict[str, int]
     strategies: dict[str, dict]
     risk_refused: dict[str, int] = field(default_factory=dict)
+    bad_ticks: dict[str, dict[str, int]] = field(default_factory=dict)  # symbol → prints dropped (liu.ticks)
     run_ids: dict[str, int] = field(default_factory=dict)
     report: Any = None  # liu.analysis Report, when the batch was stored and analysed
 
@@ -100,7 +101,12 @@ def replay_config(plan: TradePlan, data: Path | None, start: Any, end: Any) -> d
         if not data.exists():
             raise ConfigError(f"backtest --data {data}: file not found (expected a CSV or Parquet file)")
         symbols = plan.source.symbol_list
-        cfg: dict[str, Any] = {"kind": "replay", "path": str(data), "symbols": symbols}
+        cfg: dict[str, Any] = {
+            "kind": "replay",
+            "path": str(data),
+            "symbols": symbols,
+            "adjustment": plan.source.adjustment,
+        }
     else:
         cfg = feed_config(plan)
     if cfg["kind"] == "replay":
@@ -161,7 +167,7 @@ def _open_feed(plan: TradePlan, data: Path | None, start: Any, end: Any) -> tupl
     speed = plan.session.clock_speed or 1.0
     epoch = sim_epoch(plan)
     step = int(plan.source.batch / plan.source.rate * speed * NS)
-    return feed, _SimClock(epoch, speed, step), epoch + int(plan.session.duration * speed * NS)
+    return feed, _SimClock(epoch, speed, step), epoch + int(plan.session.seconds * speed * NS)
 
 
 def _universe_of(batches: Sequence[Sequence[tuple]]) -> dict[str, dict]:
@@ -205,6 +211,7 @@ async def backtest(
     batch_id = batch_id or str(uuid.uuid4())
     universe: dict[str, dict] | None = None
     total: int | None = None
+    actions: tuple = ()  # splits and dividends a raw replay leaves to the runner (liu.corporate)
     if events is not None:
         if isinstance(events, Sequence):  # known up front: scanners get a universe, progress a total
             universe = _universe_of(events)
@@ -224,6 +231,7 @@ async def backtest(
         feed, clock, end_ns = _open_feed(plan, data, start, end)
         universe = feed.universe()
         total = len(feed) if hasattr(feed, "__len__") else None
+        actions = tuple(feed.actions()) if hasattr(feed, "actions") else ()
         source = _feed_batches(feed, clock, end_ns)
 
     writer = predictions = models = None
@@ -256,6 +264,7 @@ async def backtest(
         not_shortable=not_shortable,
         models=models,
         predictions=predictions,
+        actions=actions,
     )
     scanners = ScannerRunner(load_scanners(plan), symbol_infos(universe or {}))
     reason = "backtest complete"
@@ -288,14 +297,21 @@ async def backtest(
         counts=dict(runner.counts),
         strategies=runner.report(),
         risk_refused=dict(runner.risk.refused) if runner.risk is not None else {},
+        bad_ticks=runner.ticks.report() if runner.ticks is not None else {},
         run_ids=run_ids,
     )
     if dsn is not None:
         from liu.analysis.batch import analyse_batch
+        from liu.analysis.report import closes_of
 
         result.report = await analyse_batch(
-            dsn, batch_id, start_cash=result.start_cash, equity=(result.equity_ts, result.equity)
+            dsn,
+            batch_id,
+            start_cash=result.start_cash,
+            equity=(result.equity_ts, result.equity),
+            prices=closes_of(runner.features.history),  # the page draws the fills on the bars the run saw
         )
+        result.report.env = "BACKTEST"
     return result
 
 
@@ -431,4 +447,8 @@ def backtest_command(args: Any, console: Console) -> int:
         f"({c['rejected']} rejected{f': risk {refused}' if refused else ''}, {c['cancelled']} cancelled, "
         f"{c['expired']} expired), {c['fills']} fills; report in {out}/"
     )
+    if result.bad_ticks:
+        from liu.progress import bad_ticks_table
+
+        console.print(bad_ticks_table(result.bad_ticks))
     return 0

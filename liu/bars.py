@@ -47,6 +47,22 @@ class BarBuilder:
         self._bar[sym] = [minute, price, price, price, price, size]
         return bar_of(sym, bar)
 
+    def seal(self, sym: str, minute: int) -> None:
+        """Bars up to `minute` came from history (warm-up, gap back-fill): drop an open bar at or before
+        it, and let no later print reopen one of those minutes."""
+        bar = self._bar.get(sym)
+        if bar is not None and bar[0] <= minute:
+            del self._bar[sym]
+        if minute > self._closed.get(sym, -1):
+            self._closed[sym] = minute
+
+    def adjust(self, sym: str, price: float, volume: float) -> None:
+        """A split replayed raw: the open bar moves to the new basis like the stored history."""
+        bar = self._bar.get(sym)
+        if bar is not None:
+            bar[1:5] = [x * price for x in bar[1:5]]
+            bar[5] *= volume
+
     def flush(self, now_ns: int, grace_ns: int) -> list[Bar]:
         """Close the bars whose minute ended before `now_ns - grace_ns`."""
         cutoff = (now_ns - grace_ns) // MINUTE

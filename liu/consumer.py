@@ -17,15 +17,19 @@ import collections
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from liu.brokers.account import Account
 from liu.clock import Clock
-from liu.events import Assign, ConsumerReport, Start, Stop
+from liu.commands import CANCEL_REASON, CancelAnswer, CancelOrder
+from liu.corporate import CorporateAction
+from liu.events import BAR, Assign, Backfill, BarRevision, ConsumerReport, Start, Stop
 from liu.hooks import ModelHook
 from liu.plan import TradePlan
 from liu.runner import Keystore, StrategyRunner
+from liu.sources.alpaca.history import History, HistorySource, Loaded
 from liu.stats import RUNNER_COUNTERS, SharedStats
 from liu.store import save_keystore
 from liu.transport import BATCH, ChannelReader
@@ -34,6 +38,12 @@ log = logging.getLogger(__name__)
 # The report's counters: the runner's, except "fills" (the report carries the fills themselves).
 REPORTED_COUNTERS = tuple(name for name in RUNNER_COUNTERS if name != "fills")
 _MAX_QUEUED = 64  # frames held in memory before reading pauses (the backlog then shows at the producer)
+_LOADED = -1  # queue item: a history load finished (applied in order with the event batches)
+_GATEWAY = -2  # queue item: a message from the Alpaca gateway (order updates, fills, account)
+_RELEASE = 1000  # held events are handed to the runner in batches of this size
+_STOP_WAIT = 3.0  # seconds a stopping consumer waits for history still loading
+_MINUTE = 60_000_000_000
+_SETTLE = 5.0  # seconds after a minute ends before its bar is asked for again (late prints settle)
 
 
 @dataclass
@@ -48,6 +58,9 @@ class ConsumerSetup:
     account: Account
     stats: SharedStats
     not_shortable: tuple[str, ...] = ()
+    history: HistorySource | None = None  # live sources: where warm-up and gap back-fill load bars from
+    actions: tuple[CorporateAction, ...] = ()  # splits and dividends of data replayed raw
+    gateway: Any = None  # [broker] kind = "alpaca": this consumer's pipe to the execution gateway
 
 
 class Consumer:
@@ -65,6 +78,7 @@ class Consumer:
     ) -> None:
         self.setup = setup
         self.runner = runner
+        self.answer: Callable[[CancelAnswer], None] | None = None  # replies to the main process
         self.models = models
         self.keystores: dict[str, Keystore] = {} if keystores is None else keystores
         self.clock: Clock | None = None
@@ -79,6 +93,8 @@ class Consumer:
         self._counters = [(stats.consumer_index(i, name), name) for name in RUNNER_COUNTERS]
         self.watcher: Any = None  # liu.ml.inference.ModelWatcher when the plan names models
         self.predictions: Any = None  # liu.ml.predictions.PredictionWriter when there is a database
+        self.warmer = Warmer(self, History(setup.history) if setup.history is not None else None)
+        self._keystore_failing = False  # a keystore save failed (the database is away): logged once
 
     def on_frame(self, kind: int, payload) -> None:
         self._queue.append((kind, payload))
@@ -93,12 +109,18 @@ class Consumer:
     async def run(self, reader: ChannelReader) -> None:
         self._reader = reader
         reader.resume()
+        gateway = self.setup.gateway
+        if gateway is not None:  # in the queue with the batches, so updates and events keep their order
+            asyncio.get_running_loop().add_reader(gateway.fileno(), self._on_gateway)
         await self.runner.start()
         ticker = asyncio.create_task(self._tick())
         try:
             while True:
                 if not self._queue:
                     if self._stop is not None or self._eof:
+                        if self.warmer.pending():
+                            await self.warmer.finish(_STOP_WAIT)
+                            continue
                         break
                     self._wake.clear()
                     await self._wake.wait()
@@ -108,14 +130,37 @@ class Consumer:
                     reader.resume()
                 if kind == BATCH:
                     await self._batch(payload)
+                elif kind == _LOADED:
+                    await self.warmer.apply(*payload)
+                elif kind == _GATEWAY:
+                    await self.runner.broker_updates(self.runner.broker.on_message(payload))  # type: ignore[attr-defined]
+                elif isinstance(payload, CancelOrder):
+                    await self._cancel(payload)
                 else:
                     self._control(payload)
         finally:
             ticker.cancel()
+            self.warmer.cancel_repairs()
             await self.runner.stop()
             self._publish()
+            if gateway is not None:
+                asyncio.get_running_loop().remove_reader(gateway.fileno())
+
+    def _on_gateway(self) -> None:
+        gateway = self.setup.gateway
+        try:
+            while gateway.poll():
+                self._queue.append((_GATEWAY, gateway.recv()))
+        except (EOFError, OSError):  # the gateway is gone: no more updates (the daemon reports why)
+            asyncio.get_running_loop().remove_reader(gateway.fileno())
+            log.error("the Alpaca gateway closed its pipe")
+        self._wake.set()
 
     async def _batch(self, batch: tuple) -> None:
+        if self.warmer.holding:  # symbols still loading history keep their events until it is in
+            batch = self.warmer.hold(batch)
+            if not batch:
+                return
         clock = self.clock
         now = clock.now_ns() if clock is not None and clock.realtime else None
         lag = time.time_ns() - batch[0][-1]
@@ -131,8 +176,29 @@ class Consumer:
             self.clock = Clock(msg.clock)
         elif isinstance(msg, Assign):
             self.runner.assign(msg.symbols, msg.strategies)
+            self.warmer.warm(msg.symbols)
+        elif isinstance(msg, Backfill):
+            self.warmer.backfill(msg)
+        elif isinstance(msg, BarRevision):
+            self.warmer.revise(msg)
         elif isinstance(msg, Stop):
             self._stop = msg
+
+    async def _cancel(self, msg: CancelOrder) -> None:
+        """Cancel one order for the control channel (the dashboard's cancel button) and answer once."""
+        runner, cid = self.runner, msg.client_order_id
+        order = next((o for o in runner.desk.open_orders_all() if o.client_order_id == cid), None)
+        if order is None:
+            ok, text = (
+                False,
+                f"order {cid} is not open in consumer {self.setup.index} (filled, cancelled or unknown)",
+            )
+        else:
+            ok = runner.desk.cancel(order, runner.now, CANCEL_REASON)
+            text = f"cancelled {cid} ({order.side} {order.qty:g} {order.symbol} of {order.strategy})"
+            await runner.deliver()  # the strategy hears it in on_order, as for its own ctx.cancel
+        if self.answer is not None:
+            self.answer(CancelAnswer(msg.request, cid, ok, text))
 
     def _publish(self) -> None:
         a, c = self._a, self.runner.counts
@@ -162,7 +228,15 @@ class Consumer:
         for name, ks in self.keystores.items():
             items = ks.take_dirty()
             if items:
-                await save_keystore(self.setup.dsn, name, items)
+                try:
+                    await save_keystore(self.setup.dsn, name, items)
+                except Exception as exc:  # noqa: BLE001 - the database is away: the next tick tries again
+                    ks.dirty.update(items)
+                    if not self._keystore_failing:
+                        log.error("keystore %s not saved (%s: %s); retrying", name, type(exc).__name__, exc)
+                    self._keystore_failing = True
+                    return
+        self._keystore_failing = False
 
     def report(self) -> ConsumerReport:
         runner = self.runner
@@ -171,9 +245,11 @@ class Consumer:
             index=self.setup.index,
             **{name: c[name] for name in REPORTED_COUNTERS},
             risk_refused=dict(runner.risk.refused) if runner.risk is not None else {},
+            bad_ticks=runner.ticks.report() if runner.ticks is not None else {},
             symbols=sorted(runner.features.history.keys() | runner.last_price.keys()),
             strategies=self._strategy_report(),
             fills=[dataclasses.asdict(f) for f in runner.fill_log],
+            warmup=self.warmer.report(),
         )
 
     def _strategy_report(self) -> dict[str, dict]:
@@ -200,3 +276,225 @@ class Consumer:
                 st["errors"],
                 sorted(st["refused"]) or "none",
             )
+
+
+class Warmer:
+    """History for one consumer's symbols: warm-up when a symbol arrives, back-fill after a gap.
+
+    While a symbol's bars load (REST in a worker thread), its live events wait in `holding`; the loaded
+    bars go into the runner's history, indicators and model features (`StrategyRunner.warm`), then the
+    waiting events follow in order. So the first live bar a strategy sees has warm indicators, and a
+    reconnect leaves no hole in bar history. A symbol whose history cannot be loaded says so once and
+    warms up on live bars. Consumers of sources without history (sim, replay) never hold anything.
+    """
+
+    def __init__(self, consumer: Consumer, history: History | None) -> None:
+        self.consumer = consumer
+        self.history = history
+        self.holding: dict[str, list] = {}
+        self._known: set[str] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._repairs: set[asyncio.Task] = set()
+        stats, i = consumer.setup.stats, consumer.setup.index
+        self._a = stats.array
+        self._i = {f: stats.consumer_index(i, f) for f in ("warmed", "warm_bars", "warm_failed")}
+        self.symbols = 0
+        self.bars = 0
+        self.failed: dict[str, str] = {}
+        self.seconds = 0.0
+        self.backfills = 0
+        self.filled_bars = 0
+        self.unfilled: dict[str, str] = {}
+        self.revised = 0
+        self.superseded = 0  # held stream bars for minutes the history already had
+
+    def pending(self) -> bool:
+        return bool(self._tasks)
+
+    # -- requests ---------------------------------------------------------------------------------
+    def warm(self, symbols: tuple[str, ...]) -> None:
+        if self.history is None:
+            return
+        new = [s for s in symbols if s not in self._known]
+        if not new:
+            return
+        self._known.update(new)
+        for s in new:
+            self.holding.setdefault(s, [])
+        self._start("warm", new, self.history.warm(new, time.time_ns()))
+
+    def backfill(self, msg: Backfill) -> None:
+        if self.history is None:
+            return
+        features = self.consumer.runner.features
+        since: dict[str, int] = {}
+        for s in msg.symbols:
+            if s in self.holding or s not in self._known:
+                continue  # still warming up: that load reaches up to now anyway
+            # From the minute the gap began (seen only in part live), or an older hole in the bars.
+            hist = features.history.get(s)
+            last = int(hist.ts[-1]) + _MINUTE if hist is not None and hist.n else msg.since_ns
+            since[s] = min(last, msg.since_ns)
+        if not since:
+            return
+        self.backfills += 1
+        for s in since:
+            self.holding.setdefault(s, [])
+        log.info(
+            "back-filling %d symbols after a market-data gap (%s)", len(since), msg.reason or "reconnect"
+        )
+        self._start("fill", list(since), self.history.fill(since, time.time_ns()))
+
+    def revise(self, msg: BarRevision) -> None:
+        if self.consumer.runner.features.revise_bar(
+            msg.symbol, msg.ts, msg.open, msg.high, msg.low, msg.close, msg.volume
+        ):
+            self.revised += 1
+
+    def _repair_later(self, symbols: list[str], minute: int) -> None:
+        """The minute the stream came back in was seen only in part live: once it is over, ask for its bar
+        and revise the one built live."""
+
+        async def load() -> Loaded:
+            await asyncio.sleep(max(0.0, (minute + _MINUTE - time.time_ns()) / 1e9) + _SETTLE)
+            assert self.history is not None
+            return await self.history.fill(dict.fromkeys(symbols, minute), time.time_ns())
+
+        self._start("repair", symbols, load())
+
+    def _start(self, kind: str, symbols: list[str], load: Any) -> None:
+        async def run() -> None:
+            try:
+                loaded = await load
+            except asyncio.CancelledError:
+                loaded = Loaded(failed=dict.fromkeys(symbols, "the session ended first"))
+            except Exception as e:  # noqa: BLE001 - whatever failed, these symbols warm up live
+                loaded = Loaded(failed=dict.fromkeys(symbols, f"{type(e).__name__}: {e}"))
+            consumer = self.consumer
+            consumer._queue.append((_LOADED, (kind, symbols, loaded)))
+            consumer._wake.set()
+
+        task = asyncio.get_running_loop().create_task(run())
+        tasks = self._repairs if kind == "repair" else self._tasks  # a stop waits for loads, not repairs
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def cancel_repairs(self) -> None:
+        for task in self._repairs:
+            task.cancel()
+
+    async def finish(self, timeout: float) -> None:
+        """Stopping: give loads in flight `timeout` seconds, then let their symbols go on without."""
+        tasks = list(self._tasks)
+        _, late = await asyncio.wait(tasks, timeout=timeout)
+        for t in late:
+            t.cancel()
+        if late:
+            await asyncio.wait(late)
+
+    # -- on the consumer's loop, in order with the event batches ----------------------------------
+    def hold(self, batch: tuple) -> list:
+        holding = self.holding
+        keep = []
+        for ev in batch:
+            q = holding.get(ev[1])
+            if q is None:
+                keep.append(ev)
+            else:
+                q.append(ev)
+        return keep
+
+    async def apply(self, kind: str, symbols: list[str], loaded: Loaded) -> None:
+        runner = self.consumer.runner
+        if kind == "repair":
+            self._revise(symbols, loaded, only_known=True)
+            return
+        added = 0
+        if kind == "fill":  # bars the history has already (a minute seen in part live): revise them
+            self._revise(symbols, loaded, only_known=False)
+        for s in symbols:
+            rows = loaded.bars.get(s)
+            n = runner.warm(s, rows) if rows else 0
+            added += n
+            if kind == "warm":
+                if n:
+                    self.symbols += 1
+                else:
+                    reason = loaded.failed.get(s, "no bars returned")
+                    self.failed[s] = reason
+                    log.warning("%s: history not loaded (%s); its indicators warm up on live bars", s, reason)
+            elif s in loaded.failed:
+                self.unfilled[s] = loaded.failed[s]
+                log.warning("%s: gap not back-filled (%s); bar history has a hole there", s, loaded.failed[s])
+        if kind == "warm":
+            self.bars += added
+            self.seconds += loaded.seconds
+            log.info(
+                "warm-up: %d of %d symbols loaded, %d bars in %.2fs%s",
+                sum(1 for s in symbols if s not in self.failed),
+                len(symbols),
+                added,
+                loaded.seconds,
+                f" ({len(loaded.from_db)} from stock_ohlc)" if loaded.from_db else "",
+            )
+        else:
+            self.filled_bars += added
+            log.info("back-fill: %d bars for %d symbols in %.2fs", added, len(symbols), loaded.seconds)
+            self._repair_later(symbols, time.time_ns() // _MINUTE * _MINUTE)
+        a, i = self._a, self._i
+        a[i["warmed"]] = self.symbols
+        a[i["warm_bars"]] = self.bars + self.filled_bars
+        a[i["warm_failed"]] = len(self.failed)
+        await self._release(symbols)
+
+    def _revise(self, symbols: list[str], loaded: Loaded, only_known: bool) -> None:
+        """Loaded bars of minutes the history has: overwrite them (indicators reopen on the result)."""
+        features = self.consumer.runner.features
+        for s in symbols:
+            hist = features.history.get(s)
+            last = hist.ts[-1] if hist is not None and hist.n else -1
+            for row in loaded.bars.get(s, ()):
+                if row[0] <= last and features.revise_bar(s, *row):
+                    self.revised += 1
+        if only_known and loaded.failed:
+            log.info("the bar of the minute the stream came back in was not re-read: %s", loaded.failed)
+
+    async def _release(self, symbols: list[str]) -> None:
+        """Hand the symbols' held events to the runner, in arrival order."""
+        held = []
+        for s in symbols:
+            held.extend(self.holding.pop(s, ()))
+        if not held:
+            return
+        held.sort(key=lambda ev: ev[-1])  # receive time: the order they arrived in
+        features = self.consumer.runner.features
+        events = []
+        superseded = 0
+        for ev in held:
+            if ev[0] == BAR:  # a stream bar for a minute history already has: revise, do not repeat
+                hist = features.history.get(ev[1])
+                if hist is not None and hist.n and ev[2] <= hist.ts[-1]:
+                    features.revise_bar(ev[1], *ev[2:8])
+                    superseded += 1
+                    continue
+            events.append(ev)
+        if superseded:
+            counts = self.consumer.runner.counts
+            counts["received"] += superseded
+            counts["processed"] += superseded
+            self.superseded += superseded
+        for i in range(0, len(events), _RELEASE):
+            await self.consumer._batch(tuple(events[i : i + _RELEASE]))
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "symbols": self.symbols,
+            "bars": self.bars,
+            "failed": dict(sorted(self.failed.items())),
+            "seconds": round(self.seconds, 3),
+            "backfills": self.backfills,
+            "filled_bars": self.filled_bars,
+            "unfilled": dict(sorted(self.unfilled.items())),
+            "revised_bars": self.revised,
+            "superseded_bars": self.superseded,
+        }

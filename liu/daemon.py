@@ -28,15 +28,20 @@ from zoneinfo import ZoneInfo
 from rich.console import Console
 from rich.live import Live
 
+from liu.alerts import SessionAlerts
 from liu.analysis.batch import analyse_batch
 from liu.analysis.report import Report
 from liu.brokers.account import Account
+from liu.cancel import ConsumerCancel
 from liu.clock import NS, Clock, ClockSpec
+from liu.commands import CancelAnswer
 from liu.consumer import ConsumerSetup
 from liu.control import AccountControl, ControlServer, control_path
+from liu.corporate import CorporateAction
 from liu.engine import consumer_main
 from liu.errors import ConfigError
 from liu.events import Assign, ConsumerReport, Start, Stop, Subscribe
+from liu.logs import LogHub, session_logging
 from liu.messages import (
     ConsumerReady,
     ProducerFailed,
@@ -51,13 +56,18 @@ from liu.messages import (
 from liu.plan import TradePlan
 from liu.plugins import instantiate
 from liu.producer import producer_main
-from liu.progress import merge_strategies, progress_table, summary_tables
+from liu.progress import db_backlog_text, merge_strategies, progress_table, summary_tables
 from liu.scanner import ScannerRunner, ScheduledScanner, SymbolInfo, load_scanners, symbol_infos
 from liu.sources.feeds import feed_config, sim_epoch
+from liu.sources.replay import plan_actions
 from liu.stats import SharedStats
-from liu.store import add_trending, close_runs, create_runs, prepare_plan_database, record_account, redact_dsn
+from liu.store import SessionLock, add_trending, create_runs, prepare_plan_database, redact_dsn
+from liu.store.account_state import start_account
+from liu.store.recovery import DatabaseGuard, Recovery, end_runs, recover
 from liu.strategy import Strategy
+from liu.ticks import merge_reports
 from liu.transport import EOF_MARK, watch_connection
+from liu.watchdog import Watchdog
 
 log = logging.getLogger("liu.daemon")
 NY = ZoneInfo("America/New_York")
@@ -84,19 +94,28 @@ class Session:
 class Daemon:
     """One trading session on a validated plan."""
 
-    def __init__(self, plan: TradePlan, console: Console, summary_json: Path | None = None) -> None:
+    def __init__(
+        self, plan: TradePlan, console: Console, summary_json: Path | None = None, logs: LogHub | None = None
+    ) -> None:
         self.plan = plan
         self.console = console
         self.summary_json = summary_json
+        self.logs = logs  # children's records come back through it (liu.logs); None: they print themselves
+        self.alerts: SessionAlerts | None = None  # [alerts] (liu.alerts), when the plan names URLs
         self.ctx = mp.get_context("forkserver")
-        self.ctx.set_forkserver_preload(["liu.engine", "liu.producer", "liu.sources.server"])
+        self.ctx.set_forkserver_preload(["liu.engine", "liu.producer", "liu.sources.server", "liu.logs"])
         self.embedded = None
         self.dsn: str | None = None
         self.server_proc = None
         self.server_conn = None
         self.producer = None
+        self.gateway: Any = None  # [broker] kind = "alpaca": the execution gateway process
+        self.gateway_ready: Any = None  # its GatewayReady pipe
+        self.gateway_ends: list[Any] = []  # per consumer, its end of the pipe to the gateway
         self.control = None
         self.control_server: ControlServer | None = None  # `trader halt|resume|flatten|status`
+        self.canceller: ConsumerCancel | None = None  # the control channel's `cancel`, routed to consumers
+        self.dashboard: Any = None  # liu.dashboard.live.LiveDashboard while it serves
         self.consumers: list[Any] = []
         self.results: list[Any] = []
         self.session: Session | None = None
@@ -104,10 +123,20 @@ class Daemon:
         self.report: Report | None = None  # the batch's performance report, once the session is over
         self.stats: SharedStats | None = None
         self.not_shortable: tuple[str, ...] = ()
+        self.actions: tuple[CorporateAction, ...] = ()
         self._pending_subs = 0  # Subscribe messages the producer has not acknowledged yet
         self._subscribed = asyncio.Event()  # set when none are pending, or the producer gave up
         self._ready: set[int] = set()  # consumers that have built their runner
         self._all_ready = asyncio.Event()
+        self.once = False  # `trader --once`: outside market hours, exit instead of waiting for the open
+        self.live: Any = None  # liu.market.LiveSource when [source] kind = "alpaca"
+        self.ends_in: float | None = None  # seconds the session runs (None: until stopped)
+        # [faults]: the watchdog (no process or server outlives this one), what the start recovered, the
+        # paper account's cash at the start, and the guard that restarts a dead embedded PostgreSQL.
+        self.watchdog: Watchdog | None = None
+        self.recovery = Recovery()
+        self.start_cash = plan.broker.cash
+        self.guard: DatabaseGuard | None = None
 
     # -- start-up -------------------------------------------------------
     def _plugins(self) -> tuple[list[ScheduledScanner], list[Strategy]]:
@@ -127,19 +156,23 @@ class Daemon:
             )
         parent, child = self.ctx.Pipe()
         self.server_conn = parent
-        self.server_proc = self.ctx.Process(
-            target=serve_process,
-            args=(feed_config(self.plan, key, secret), child),
-            name="liu-marketdata",
-            daemon=True,
+        self.server_proc = self._process(
+            serve_process, (feed_config(self.plan, key, secret), child), name="liu-marketdata", daemon=True
         )
-        self.server_proc.start()
         child.close()
         msg = await self._recv(parent, timeout=120, what="market-data server start")
         if not isinstance(msg, ServerReady):
             reason = msg.reason if isinstance(msg, ServerFailed) else repr(msg)
             raise ConfigError(f"market-data server failed to start: {reason}")
         return f"ws://127.0.0.1:{msg.port}", symbol_infos(msg.universe), msg.first_ts
+
+    def _process(self, target: Any, args: tuple, **kw: Any) -> Any:
+        """Start a child process; its logging goes through the main process when there is a hub."""
+        if self.logs is not None:
+            return self.logs.spawn(self.ctx, target, args, **kw)
+        p = self.ctx.Process(target=target, args=args, **kw)
+        p.start()
+        return p
 
     async def _recv(self, conn: Any, timeout: float, what: str) -> Any:
         def recv() -> Any:
@@ -161,15 +194,18 @@ class Daemon:
         batch_id: str,
         n: int,
         stats: SharedStats,
+        crypto_url: str | None = None,
+        history: Any = None,
     ) -> None:
         plan = self.plan
         # Keep a reference: forkserver children unpickle it after start() returns, and a
         # collected Lock unlinks its semaphore.
         account = self.account = Account(
-            plan.broker.cash, shared=True, ctx=self.ctx, slots=n, strategies=len(plan.strategies)
+            self.start_cash, shared=True, ctx=self.ctx, slots=n, strategies=len(plan.strategies)
         )
+        self.canceller = ConsumerCancel(batch_id, n, lambda msg: self.control.send(msg))
         if self.control_server is not None:
-            self.control_server.handler = AccountControl(account)
+            self.control_server.handler = AccountControl(account, cancel=self.canceller)
         writers = []
         for i in range(n):
             r, w = self.ctx.Pipe(duplex=False)
@@ -183,27 +219,66 @@ class Daemon:
                 account,
                 stats,
                 self.not_shortable,
+                history,
+                self.actions,
+                gateway=self.gateway_ends[i] if self.gateway_ends else None,
             )
-            p = self.ctx.Process(target=consumer_main, args=(setup, r, res_w), name=f"liu-consumer-{i}")
-            p.start()
+            p = self._process(consumer_main, (setup, r, res_w), name=f"liu-consumer-{i}")
             log.info("consumer %d started (pid %d)", i, p.pid)
             r.close()
             res_w.close()
+            if self.gateway_ends:
+                self.gateway_ends[i].close()  # the consumer has it; EOF reaches the gateway when it exits
             writers.append(w)
             self.consumers.append(p)
             self.results.append(res_r)
         kinds = ("trades", "quotes") if plan.source.bars == "trades" else ("trades", "quotes", "bars")
         main_end, prod_end = self.ctx.Pipe()
-        self.producer = self.ctx.Process(
-            target=producer_main,
-            args=(url, key, secret, writers, prod_end, stats, kinds),
-            name="liu-producer",
-        )
-        self.producer.start()
+        args: tuple = (url, key, secret, writers, prod_end, stats, kinds)
+        if crypto_url is not None:  # Alpaca: also the crypto stream, and bars revised after they closed
+            args = (url, key, secret, writers, prod_end, stats, (*kinds, "updatedBars"), crypto_url)
+        self.producer = self._process(producer_main, args, name="liu-producer")
         prod_end.close()
         for w in writers:
             w.close()
         self.control = main_end
+
+    def _start_gateway(self, batch_id: str, n: int) -> None:
+        """The Alpaca execution gateway: one pipe per consumer (liu.brokers.alpaca.process)."""
+        from liu.brokers.alpaca.process import GatewaySetup, gateway_main
+
+        a = self.plan.alpaca
+        setup = GatewaySetup(
+            a.trading_base,
+            a.paper,
+            float(a.timeout),
+            a.key_env,
+            a.secret_env,
+            batch_id,
+            self.dsn,
+            n,
+            tuple(sp.label for sp in self.plan.strategies),
+            stop_on_unexplained=self.plan.broker.unexplained == "stop",
+        )
+        pipes = [self.ctx.Pipe() for _ in range(n)]
+        ready_r, ready_w = self.ctx.Pipe(duplex=False)
+        self.gateway = self._process(
+            gateway_main, (setup, [g for _, g in pipes], ready_w), name="liu-gateway"
+        )
+        log.info("Alpaca gateway started (pid %d)", self.gateway.pid)
+        ready_w.close()
+        for _, g in pipes:
+            g.close()
+        self.gateway_ends = [c for c, _ in pipes]
+        self.gateway_ready = ready_r
+
+    async def _gateway_ready(self) -> None:
+        msg = await self._recv(self.gateway_ready, timeout=300, what="Alpaca gateway start")
+        for line in getattr(msg, "lines", []):
+            self.console.print(f"alpaca: {line}", highlight=False)
+        error = msg.reason if isinstance(msg, ServerFailed) else getattr(msg, "error", "")
+        if error:
+            raise ConfigError(error)
 
     # -- the session ----------------------------------------------------
     async def run(self) -> int:
@@ -214,29 +289,65 @@ class Daemon:
             # A second trader on this plan stops here, in one line, before touching the database.
             self.control_server = ControlServer(control_path(plan))
             await self.control_server.start()
+            self.alerts = SessionAlerts.start(plan.alerts)  # a bad alert URL stops the start here
             scanners, strategies = self._plugins()
+            state_dir = plan.path(plan.database.data_dir).parent
+            embedded_dir = plan.path(plan.database.data_dir) if plan.database.resolve_dsn() is None else None
+            self.watchdog = await asyncio.to_thread(Watchdog.start, state_dir, embedded_dir)
             self.dsn, self.embedded = await prepare_plan_database(plan)
+            persist = plan.broker.persists(plan.session.env)
+            self.recovery = await recover(self.dsn, state_dir, persist)
+            for line in self.recovery.lines():
+                self.console.print(line, highlight=False)
+            if self.recovery.account is not None:
+                self.start_cash = self.recovery.account.cash
             if any(s.models for s in plan.strategies):  # a bad model stops the start with one clear line
                 from liu.ml.inference import load_plan_models
 
                 await load_plan_models(plan, self.dsn)
 
             key, secret = "liu", secrets.token_hex(8)
-            url, universe, first_ts = await self._start_server(key, secret)
+            live = None
+            if plan.source.kind == "alpaca":
+                live = self.live = await self._live_source()
+                if live is None:  # outside market hours with --once, or stopped while waiting
+                    return 0
+                key, secret, universe, first_ts = live.key, live.secret, live.universe, None
+                url = live.endpoints.stock_stream
+            else:
+                url, universe, first_ts = await self._start_server(key, secret)
             self.not_shortable = tuple(sorted(s for s, info in universe.items() if not info.shortable))
+            self.actions = plan_actions(plan)  # splits and dividends a raw replay leaves to the consumers
             n = plan.consumers.resolve_count()
             batch_id = str(uuid.uuid4())
             session = self.session = Session(batch_id, n)
             entries = [(s.label, i, dict(s.config)) for s in plan.strategies for i in range(n)]
+            lock = SessionLock(self.dsn, batch_id)
+            await lock.keep()  # before the runs exist: a daemon starting meanwhile must not call them crashed
+            self.guard = DatabaseGuard(self.embedded, lock)
             run_ids = await create_runs(self.dsn, batch_id, plan.session.env, entries)
-            await record_account(self.dsn, batch_id, plan.broker.cash)
+            await start_account(
+                self.dsn, batch_id, self.start_cash, persist=persist, previous=self.recovery.account
+            )
             stats = self.stats = SharedStats(n, self.ctx)
             t_spawn = time.monotonic()
-            self._spawn(url, key, secret, run_ids, batch_id, n, stats)
+            if plan.broker.kind == "alpaca":
+                self._start_gateway(batch_id, n)
+            if live is not None:
+                self._spawn(
+                    url, key, secret, run_ids, batch_id, n, stats, live.endpoints.crypto_stream, live.history
+                )
+            else:
+                self._spawn(url, key, secret, run_ids, batch_id, n, stats)
             self.console.print(
                 f"[bold]liu[/] batch [cyan]{batch_id}[/]: {len(strategies)} strategies, "
                 f"{len(scanners)} scanners, {n} consumers, source {plan.source.kind} ({url})"
             )
+            if self.gateway is not None:  # reconciled before any order: restored positions, differences
+                await self._gateway_ready()
+            self._start_dashboard(batch_id, stats)
+            if self.alerts is not None:
+                self.alerts.watch(self.dsn, batch_id, self.account, stats)
             watch_connection(self.control, self._on_producer, loop)
             for i, conn in enumerate(self.results):
                 watch_connection(conn, functools.partial(self._on_result, i), loop)
@@ -245,17 +356,26 @@ class Daemon:
 
             speed = plan.session.clock_speed
             data0 = (first_ts or time.time_ns()) if plan.source.kind == "replay" else sim_epoch(plan)
-            scan_runner = ScannerRunner(scanners, universe)
-            if not scanners:  # no scanner: every strategy trades the whole universe
+            if live is not None:  # live market data: data time is wall time
+                speed, data0 = 1.0, time.time_ns()
+            scan_runner = ScannerRunner(scanners, universe, live.data.snapshots if live is not None else None)
+            if live is not None:  # the plan's symbols for every strategy; scanners add more
+                if live.symbols:
+                    await self._subscribe(Assign(tuple(live.symbols), (), ""))
+            elif not scanners:  # no scanner: every strategy trades the whole universe
                 await self._subscribe(Assign(tuple(universe), (), ""))
+            await self._subscribe_restored(universe)
             await self._scan(scan_runner, data0)
             await self._wait_subscribed(timeout=15)
             await self._wait_ready(timeout=120)
 
             spec = ClockSpec(data0, time.time_ns(), speed)
             clock = Clock(spec)
+            if self.dashboard is not None:
+                self.dashboard.sources.clock = clock
             self.control.send(Start(spec))
-            self.server_conn.send(Start(spec))
+            if self.server_conn is not None:
+                self.server_conn.send(Start(spec))
             log.info(
                 "clock started: data epoch %s, speed %s; %.2fs after spawning processes",
                 datetime.fromtimestamp(data0 / NS, NY).isoformat(),
@@ -272,9 +392,29 @@ class Daemon:
                 await self.control_server.close()
             if session is not None:
                 await self._shutdown(session)
+            if self.dashboard is not None:  # lingers if [dashboard] linger says so; the database is up
+                await self.dashboard.close(self.console)
             await self._stop_servers()
+            if self.alerts is not None:
+                if self.logs is not None:
+                    self.logs.drain(timeout=5.0)  # the children (all exited) may have sent alerts last
+                self.alerts.close()  # the last summaries; a few seconds at most for what is queued
+            if self.watchdog is not None:
+                self.watchdog.close()
+        if self.logs is not None:
+            self.logs.drain()  # the children's last lines and the repeat summaries, before the tables
         self._summary(session)
         return session.exit_code
+
+    def _start_dashboard(self, batch_id: str, stats: SharedStats) -> None:
+        if not self.plan.dashboard.enabled:
+            return
+        from liu.dashboard.live import LiveDashboard, LiveSources  # FastAPI only when it is used
+
+        sources = LiveSources(
+            self.plan, batch_id, stats, self.account, self.session, self.dsn, control_path(self.plan)
+        )
+        self.dashboard = LiveDashboard.start(self.plan, self.console, sources)
 
     async def _subscribe(self, assign: Assign) -> None:
         self.control.send(Subscribe(assign))
@@ -283,7 +423,28 @@ class Daemon:
     async def _scan(self, runner: ScannerRunner, now: int) -> None:
         for sched, symbols in await runner.run_due(now):
             await self._subscribe(Assign(tuple(symbols), sched.targets, sched.scanner.name))
-            await add_trending(self.dsn, self.session.batch_id, sched.scanner.name, symbols)
+            try:
+                await add_trending(self.dsn, self.session.batch_id, sched.scanner.name, symbols)
+            except Exception as exc:  # noqa: BLE001 - the database is away: trading goes on without the record
+                log.error(
+                    "scanner %s: picks not recorded (%s: %s)", sched.scanner.name, type(exc).__name__, exc
+                )
+
+    async def _subscribe_restored(self, universe: dict[str, SymbolInfo]) -> None:
+        """The restored paper account's symbols reach the strategies holding them (a stop must see prices)."""
+        account = self.recovery.account
+        if account is None:
+            return
+        held: dict[str, set[str]] = {}
+        for strategy, symbol in account.positions:
+            held.setdefault(strategy, set()).add(symbol)
+        for o in account.orders:
+            held.setdefault(o.strategy, set()).add(o.symbol)
+        names = {s.label for s in self.plan.strategies}
+        for strategy, symbols in sorted(held.items()):
+            known = tuple(sorted(s for s in symbols if s in universe))
+            if strategy in names and known:
+                await self._subscribe(Assign(known, (strategy,), "restored"))
 
     async def _wait_subscribed(self, timeout: float) -> None:
         if not self._pending_subs:
@@ -324,6 +485,8 @@ class Daemon:
                 self._all_ready.set()
         elif isinstance(msg, ConsumerReport):
             self.session.reports[i] = msg
+        elif isinstance(msg, CancelAnswer) and self.canceller is not None:
+            self.canceller.on_answer(msg)
 
     async def _wait_ready(self, timeout: float) -> None:
         """Wait until every consumer has built its runner (strategies, models): the clock starts after."""
@@ -341,10 +504,46 @@ class Daemon:
             except TimeoutError:
                 pass
 
+    def _session_seconds(self) -> float:
+        """How long this session runs from now: the plan's duration, or until the market's close."""
+        live, plan = self.live, self.plan
+        if plan.session.duration != "market":
+            return float(plan.session.duration)
+        if live is None:
+            return plan.session.seconds
+        if live.session is None:  # crypto only: 24/7
+            return float("inf")
+        return max(0.0, live.seconds_until(live.session.end))
+
+    async def _live_source(self) -> Any:
+        """Alpaca: keys, universe, symbols, session, warm-up size; outside market hours say when it opens
+        and wait (None: `--once`, or stopped while waiting)."""
+        from liu.market import prepare, wait_for_open
+
+        models = None
+        if any(s.models for s in self.plan.strategies):
+            from liu.ml.inference import plan_models
+
+            models = plan_models(self.plan, self.dsn, features_only=True)
+        live = await prepare(self.plan, self.dsn, models)
+        log.info("warm-up: %d minute bars per new symbol", live.history.bars)
+        if live.session is None and self.plan.session.duration == "market":
+            self.console.print("crypto trades 24/7: the session runs until stopped", highlight=False)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            ok = await wait_for_open(live, self.console, self.once, stop)
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        return live if ok else None
+
     async def _supervise(self, scans: ScannerRunner, clock: Clock, stats: SharedStats) -> None:
         session = self.session
-        plan = self.plan
         started = time.monotonic()
+        ends_in = self.ends_in = self._session_seconds()
         last = (started, 0)
         rate = 0.0
         live = (
@@ -359,28 +558,34 @@ class Daemon:
             while session.reason is None:
                 await asyncio.sleep(0.25)
                 now = time.monotonic()
-                if now - started >= plan.session.duration:
-                    session.end("session end")
+                if now - started >= ends_in:
+                    session.end(
+                        "market close" if self.live is not None and self.live.session else "session end"
+                    )
                 for i, p in enumerate(self.consumers):
                     if p.exitcode is not None and i not in session.reports:
+                        log.error("consumer %d died (exit code %s); the session ends", i, p.exitcode)
                         session.end(f"consumer {i} died (exit code {p.exitcode})", 1)
+                if self.alerts is not None:
+                    await self.alerts.poll()
                 if clock.realtime:
                     await self._scan(scans, clock.now_ns())
                 events = stats.producer()["events"]
                 if now - last[0] >= 1.0:
                     rate = (events - last[1]) / (now - last[0])
                     last = (now, events)
+                    if self.guard is not None:
+                        await self.guard.check()  # a dead embedded PostgreSQL is restarted
                 if live:
-                    live.update(
-                        progress_table(stats, rate, now - started, plan.session.duration), refresh=True
-                    )
+                    live.update(progress_table(stats, rate, now - started, ends_in), refresh=True)
                 elif now >= next_log:
                     next_log = now + 5
                     log.info(
-                        "%.0f events/s, %d events, consumers %s",
+                        "%.0f events/s, %d events, consumers %s%s",
                         rate,
                         events,
                         [stats.consumer(i)["processed"] for i in range(stats.consumers)],
+                        db_backlog_text(stats),
                     )
         finally:
             if live:
@@ -408,19 +613,30 @@ class Daemon:
                 await asyncio.to_thread(p.join, 2)
                 if p.exitcode is None:
                     p.kill()
+        if self.gateway is not None:  # it settles what is still in flight once every consumer has gone
+            await asyncio.to_thread(self.gateway.join, 40)
+            if self.gateway.exitcode is None:
+                log.error("the Alpaca gateway did not finish in time; killing it")
+                self.gateway.kill()
         if self.dsn is not None:
+            state_dir = self.plan.path(self.plan.database.data_dir).parent
             for i, p in enumerate(self.consumers):
                 if i not in session.reports:
-                    await close_runs(
-                        self.dsn, session.batch_id, f"consumer {i} died (exit code {p.exitcode})", consumer=i
+                    await end_runs(
+                        self.dsn,
+                        state_dir,
+                        session.batch_id,
+                        f"consumer {i} died (exit code {p.exitcode})",
+                        consumer=i,
                     )
-            await close_runs(self.dsn, session.batch_id, session.reason)
-            try:  # the same analysis as a backtest batch: gain_loss, trade_analysis, the report
-                self.report = await analyse_batch(
-                    self.dsn, session.batch_id, start_cash=self.plan.broker.cash
-                )
-            except Exception:
-                log.exception("end-of-session analysis of batch %s failed", session.batch_id)
+            # The database away: the end is kept in the spool, and so is the analysis (the next start).
+            if await end_runs(self.dsn, state_dir, session.batch_id, session.reason):
+                try:  # the same analysis as a backtest batch: gain_loss, trade_analysis, the report
+                    self.report = await analyse_batch(self.dsn, session.batch_id, start_cash=self.start_cash)
+                except Exception:
+                    log.exception("end-of-session analysis of batch %s failed", session.batch_id)
+        if self.guard is not None:
+            await self.guard.close()  # the session lock goes before the server stops
 
     async def _stop_servers(self) -> None:
         if self.server_proc is not None and self.server_proc.is_alive():
@@ -444,6 +660,14 @@ class Daemon:
         if self.report is not None and self.report.trips:
             self.report.print(self.console)
         self.console.print(f"session ended: {session.reason}; batch_id [cyan]{session.batch_id}[/]")
+        backlog = (
+            [self.stats.consumer(i)["db_backlog"] for i in range(session.consumers)] if self.stats else []
+        )
+        if any(backlog):
+            self.console.print(
+                f"[yellow]{sum(backlog):,} rows could not reach the database; they wait in "
+                f"{self.plan.path(self.plan.database.data_dir).parent / 'spool'} and the next start writes them[/]"
+            )
         if self.summary_json:
             data = {
                 "batch_id": session.batch_id,
@@ -455,17 +679,27 @@ class Daemon:
                 if self.stats
                 else None,
                 "gaps": session.gaps,
+                "bad_ticks": merge_reports(r.bad_ticks for r in reports),
                 "server_sent_events": self.sent_by_server,
                 "source_events": session.source_events,
                 "database": redact_dsn(self.dsn) if self.dsn else None,
                 "report": self.report.to_json() if self.report is not None else None,
+                "recovery": self.recovery.to_json(),  # what the start replayed, closed and restored
+                "db_backlog": backlog,  # per consumer: rows left in the spool at the end
+                "db_restarts": self.guard.restarts if self.guard is not None else 0,
             }
             self.summary_json.write_text(json.dumps(data, indent=1, default=str))
 
 
-def run(plan: TradePlan, console: Console, summary_json: Path | None) -> int:
-    """Run one session (the single `asyncio.run` of the main process)."""
+def run(plan: TradePlan, console: Console, summary_json: Path | None, once: bool = False) -> int:
+    """Run one session (the single `asyncio.run` of the main process).
+
+    `once`: with `[session] duration = "market"` outside market hours, say when it opens and exit.
+    """
     import uvloop
 
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    return uvloop.run(Daemon(plan, console, summary_json).run())
+    with session_logging(console) as logs:
+        daemon = Daemon(plan, console, summary_json, logs)
+        daemon.once = once
+        return uvloop.run(daemon.run())

@@ -23,13 +23,18 @@ from typing import Any
 from liu.brokers.account import Account
 from liu.brokers.paper import PaperBroker
 from liu.consumer import Consumer, ConsumerSetup
+from liu.corporate import CorporateAction
 from liu.messages import ConsumerReady
 from liu.plan import TradePlan
 from liu.plugins import instantiate
+from liu.producer import shard_of
 from liu.risk import RiskManager
 from liu.runner import Keystore, StrategyRunner
 from liu.store import TradeWriter, load_keystore
+from liu.store.account_state import PaperAccount, load_session
+from liu.store.spool import spool_dir
 from liu.strategy import Strategy
+from liu.ticks import TickFilter
 from liu.transport import ChannelReader
 
 log = logging.getLogger(__name__)
@@ -47,6 +52,9 @@ def build_runner(
     stale_after_ns: int | None = None,
     models: list | None = None,
     predictions: Any = None,
+    persist: bool = False,
+    actions: tuple[CorporateAction, ...] = (),
+    gateway: Connection | None = None,
 ) -> StrategyRunner:
     """One shard's runner: a paper broker and risk manager on `account`, the plan's strategies and models.
 
@@ -54,7 +62,11 @@ def build_runner(
     in a backtest). `models` are the plan's models already loaded
     (`liu.ml.inference.load_plan_models`, which asks the registry for serving
     versions); without them every model must be pinned. `predictions`
-    receives every model output (a `PredictionWriter`).
+    receives every model output (a `PredictionWriter`). `persist`: the
+    paper account lives across sessions (its gtc orders outlive this one).
+    `actions` are the splits and dividends of data replayed raw (`liu.corporate`). `gateway`: the pipe
+    to the Alpaca execution gateway; with `[broker] kind = "alpaca"` the runner trades through it (without
+    one, as in a backtest, the paper broker stands in).
     """
     # The shared account is sized when it is made, in the main process: say so here, not as an IndexError.
     if slot >= account.slots:
@@ -67,15 +79,23 @@ def build_runner(
             f"{len(plan.strategies)} (Account(strategies=len(plan.strategies)))"
         )
     b = plan.broker
-    broker = PaperBroker(
-        account,
-        b.fee_per_share,
-        b.fee_bps,
-        b.slippage_bps,
-        (*b.not_shortable, *not_shortable),
-        b.max_participation,
-    )
+    broker: Any
+    if b.kind == "alpaca" and gateway is not None:
+        from liu.brokers.alpaca.broker import AlpacaBroker
+
+        broker = AlpacaBroker(gateway.send, account)
+    else:
+        broker = PaperBroker(
+            account,
+            b.fee_per_share,
+            b.fee_bps,
+            b.slippage_bps,
+            (*b.not_shortable, *not_shortable),
+            b.max_participation,
+            persist=persist,
+        )
     risk = RiskManager(plan.risk, account, slot, {sp.label: i for i, sp in enumerate(plan.strategies)})
+    tick_options = plan.source.bad_ticks.filter_options()
     runner = StrategyRunner(
         broker,
         bars_from_trades=plan.source.bars == "trades",
@@ -85,6 +105,8 @@ def build_runner(
         portfolio_interval_ns=int(plan.session.portfolio_interval * 1e9),
         risk=risk,
         account_slot=slot,
+        ticks=TickFilter(**tick_options) if tick_options is not None else None,
+        actions=actions,
     )
     for sp in plan.strategies:
         strategy = instantiate(plan.path(sp.file), sp.class_, Strategy, sp.label, sp.config)
@@ -96,6 +118,47 @@ def build_runner(
 
         attach_models(runner, models if models is not None else load_plan_models_sync(plan), predictions)
     return runner
+
+
+def restore_account(runner: StrategyRunner, account: PaperAccount, index: int, consumers: int) -> None:
+    """Continue the persisted paper account in this consumer: the positions and open orders of its
+    symbols (the shard `shard_of` gives it) and of the plan's strategies.
+
+    Those of strategies no longer in the plan stay in the database, untouched, for a later session.
+    """
+    mine = [k for k in account.positions if k[0] in runner.slots and shard_of(k[1], consumers) == index]
+    orders = [
+        o for o in account.orders if o.strategy in runner.slots and shard_of(o.symbol, consumers) == index
+    ]
+    away = {k[0] for k in account.positions} - runner.slots.keys()
+    if away and index == 0:
+        log.warning(
+            "paper account: positions of strategies not in this plan stay as they are: %s", sorted(away)
+        )
+    updates = runner.broker.restore(  # type: ignore[attr-defined]
+        {k: account.positions[k] for k in mine}, orders, account.prices, runner.now
+    )
+    runner.desk.record(updates)  # orders that could not be restored: cancelled, with the reason
+    runner.desk.publish()
+    if mine or orders:
+        log.info(
+            "paper account: %d positions and %d open orders restored%s",
+            len(mine),
+            len(orders) - len(updates),
+            f", {len(updates)} orders could not be (cancelled)" if updates else "",
+        )
+
+
+async def _gateway_first(conn: Connection, timeout: float = 300.0) -> Any:
+    """The gateway's first message on this consumer's pipe: its `Restore`."""
+    import asyncio
+
+    if not await asyncio.to_thread(conn.poll, timeout):
+        raise RuntimeError(f"the Alpaca gateway sent nothing within {timeout:.0f}s")
+    try:
+        return conn.recv()
+    except EOFError:
+        raise RuntimeError("the Alpaca gateway stopped before reconciling (its log says why)") from None
 
 
 def consumer_main(setup: ConsumerSetup, channel: Connection, results: Connection) -> None:
@@ -110,11 +173,21 @@ def consumer_main(setup: ConsumerSetup, channel: Connection, results: Connection
 
     async def main() -> None:
         keystores: dict[str, Keystore] = {}
-        writer = predictions = models = scorer = None
+        writer = predictions = models = scorer = account = None
         if setup.dsn is not None:
             for sp in setup.plan.strategies:
                 keystores[sp.label] = Keystore(await load_keystore(setup.dsn, sp.label))
-            writer = await TradeWriter.open(setup.dsn, setup.batch_id, setup.run_ids)
+            state_dir = setup.plan.path(setup.plan.database.data_dir).parent
+            writer = await TradeWriter.open(
+                setup.dsn,
+                setup.batch_id,
+                setup.run_ids,
+                spool_dir=spool_dir(state_dir),
+                name=f"consumer-{setup.index}",
+            )
+            backlog = setup.stats.consumer_index(setup.index, "db_backlog")
+            writer.on_backlog = lambda n: setup.stats.array.__setitem__(backlog, n)
+            account = await load_session(setup.dsn, setup.batch_id)  # None: the account starts fresh
         if any(sp.models for sp in setup.plan.strategies):
             from liu.ml.inference import load_plan_models
             from liu.ml.predictions import PredictionWriter
@@ -129,20 +202,31 @@ def consumer_main(setup: ConsumerSetup, channel: Connection, results: Connection
             setup.plan,
             setup.account,
             keystores,
-            order_prefix=f"{setup.batch_id[:8]}-{setup.index}-",
+            # Alpaca: the full batch id, so a client order id is unique for ever (Alpaca refuses a reused one)
+            order_prefix=f"{setup.batch_id if setup.gateway is not None else setup.batch_id[:8]}-{setup.index}-",
             slot=setup.index,
             sink=writer,
             not_shortable=setup.not_shortable,
             stale_after_ns=int(setup.plan.consumers.stale_after * 1e9),
             models=models,
             predictions=predictions,
+            persist=account is not None,
+            actions=setup.actions,
+            gateway=setup.gateway,
         )
+        if setup.gateway is not None:  # restart reconciliation: before any order, as the gateway matched them
+            restore = await _gateway_first(setup.gateway)
+            runner.broker.restore(restore)  # type: ignore[attr-defined]
+            runner.desk.publish()
+        if account is not None:
+            restore_account(runner, account, setup.index, setup.stats.consumers)
         if models:
             from liu.ml.inference import scorer_of
 
             scorer = scorer_of(runner)
         gc.freeze()  # long-lived objects from imports and set-up: keep full collections short
         consumer = Consumer(setup, runner, keystores, models=scorer)
+        consumer.answer = results.send  # answers to CancelOrder, beside ConsumerReady / ConsumerReport
         results.send(ConsumerReady(setup.index))  # the daemon starts the clock once every consumer is here
         consumer.predictions = predictions
         if models:
@@ -163,11 +247,11 @@ def consumer_main(setup: ConsumerSetup, channel: Connection, results: Connection
                 except Exception:  # still report; the rows' loss is logged
                     log.exception("final prediction flush failed")
             if writer is not None:
-                try:
-                    await consumer.save_keystores()
+                try:  # first: rows the database cannot take now go to the spool, not lost
                     await writer.close()
                 except Exception:  # still report what happened; the runs get closed by the main process
                     log.exception("final database flush failed")
+                await consumer.save_keystores()  # logs (once) when the database is away
             results.send(consumer.report())
 
     uvloop.run(main())

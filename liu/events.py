@@ -9,15 +9,24 @@ when a strategy asks for that kind of event.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 # Wire kinds (first item of a wire tuple).
 TRADE = 0  # (TRADE, symbol, ts_ns, price, size, recv_ns)
 QUOTE = 1  # (QUOTE, symbol, ts_ns, bid, bid_size, ask, ask_size, recv_ns)
 BAR = 2  # (BAR, symbol, ts_ns, open, high, low, close, volume, recv_ns)
 MALFORMED = 3  # (MALFORMED, symbol, ts_ns, reason, recv_ns)
+# A trade print whose sale conditions say it does not update the last price (average-price, odd-lot,
+# out-of-sequence...; `liu.ticks.no_last`): shaped like TRADE, dropped by the bad-tick filter.
+TRADE_NO_LAST = 4  # (TRADE_NO_LAST, symbol, ts_ns, price, size, recv_ns)
 
-KIND_NAMES = {TRADE: "trade", QUOTE: "quote", BAR: "bar", MALFORMED: "malformed"}
+KIND_NAMES = {
+    TRADE: "trade",
+    QUOTE: "quote",
+    BAR: "bar",
+    MALFORMED: "malformed",
+    TRADE_NO_LAST: "trade (no last)",
+}
 
 
 class Trade(NamedTuple):
@@ -85,6 +94,29 @@ class Subscribe:
     assign: Assign
 
 
+@dataclass(frozen=True)
+class Backfill:
+    """Producer → consumer: the market-data connection carrying `symbols` was down from `since_ns` (wall
+    time, ns) for `reason`; load their missing bars before their live events go on."""
+
+    symbols: tuple[str, ...]
+    since_ns: int
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class BarRevision:
+    """Producer → consumer: the source revised a bar that already closed (Alpaca's updated bar `u`)."""
+
+    symbol: str
+    ts: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+
 @dataclass
 class ConsumerReport:
     """What a consumer hands back when it exits."""
@@ -100,9 +132,11 @@ class ConsumerReport:
     cancelled: int = 0
     expired: int = 0
     risk_refused: dict[str, int] = field(default_factory=dict)  # rule -> orders the risk manager refused
+    bad_ticks: dict[str, dict[str, int]] = field(default_factory=dict)  # symbol -> prints dropped (liu.ticks)
     symbols: list[str] = field(default_factory=list)
     fills: list[dict] = field(default_factory=list)
     strategies: dict[str, dict] = field(default_factory=dict)
+    warmup: dict[str, Any] = field(default_factory=dict)  # history loaded: symbols, bars, failed, seconds
 
 
 ORDER_TYPES = ("market", "limit", "stop", "stop_limit", "trailing_stop")

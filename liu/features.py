@@ -77,6 +77,23 @@ class BarHistory:
             view.flags.writeable = False
         return view
 
+    def revise(self, ts: int, o: float, h: float, lo: float, c: float, v: float) -> bool:
+        """Overwrite the stored bar that starts at `ts` (Alpaca's updated bar `u`); False if none does."""
+        self._flush()
+        times = self._data[0, : self._filled]
+        i = int(np.searchsorted(times, ts))
+        if i >= self._filled or times[i] != ts:
+            return False
+        self._data[:, i] = (ts, o, h, lo, c, v)
+        return True
+
+    def scale(self, price: float, volume: float) -> None:
+        """Move every stored bar to a new basis (a split replayed raw): prices x `price`, volumes x `volume`."""
+        self._flush()
+        n = self._filled
+        self._data[1:5, :n] *= price  # the column views see it: they are views of _data
+        self._data[5, :n] *= volume
+
     @property
     def close(self) -> np.ndarray:
         return self.column("close")
@@ -107,6 +124,39 @@ def _input_columns(name: str) -> list[str]:
     for value in abstract.Function(name).input_names.values():
         names.extend(value if isinstance(value, list) else [value])
     return names
+
+
+def indicator_calls(source: str) -> list[tuple[str, dict[str, Any]]]:
+    """The TA-Lib indicators a strategy's source asks for with literal arguments: `ctx.ta(sym, "RSI",
+    timeperiod=14)` and `ctx.indicator(...)` calls (name, params). Used to size the warm-up; calls whose
+    name or parameters are not literals cannot be sized and are skipped."""
+    import ast
+
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if not (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("ta", "indicator")
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+        ):
+            continue
+        try:
+            params = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords if kw.arg is not None}
+        except ValueError:
+            continue
+        out.append((node.args[1].value.upper(), params))
+    return out
+
+
+def lookback(name: str, params: dict[str, Any]) -> int | None:
+    """Bars TA-Lib function `name` needs before its first value, minus one (None: not a function)."""
+    try:
+        return int(abstract.Function(name, **params).lookback)
+    except Exception:  # noqa: BLE001 - unknown name or bad params: the strategy finds out at run time
+        return None
 
 
 class StreamIndicator:
@@ -182,6 +232,30 @@ class Features:
                 ind.on_bar(hist)
         self._fast[fast] = ind
         return ind
+
+    def revise_bar(self, symbol: str, ts: int, o: float, h: float, lo: float, c: float, v: float) -> bool:
+        """A stored bar changed after it closed (late prints, a correction): overwrite it and reopen the
+        symbol's indicators on the revised history, so they equal the batch functions over it again.
+        False when no stored bar starts at `ts` (nothing to revise)."""
+        hist = self.history.get(symbol)
+        if hist is None or not hist.revise(ts, o, h, lo, c, v):
+            return False
+        for ind in self._indicators.get(symbol, {}).values():
+            ind._stream, ind.value = None, None
+            ind.on_bar(hist)
+        return True
+
+    def adjust(self, symbol: str, price: float, volume: float) -> None:
+        """A split replayed raw (`liu.corporate`): the symbol's history moves to the new basis and its
+        indicators re-open on the adjusted history, so they continue without a jump."""
+        hist = self.history.get(symbol)
+        if hist is None:
+            return
+        hist.scale(price, volume)
+        for ind in self._indicators.get(symbol, {}).values():
+            ind._stream = None
+            ind.value = None
+            ind.on_bar(hist)
 
     def add_bar(self, symbol: str, ts: int, o: float, h: float, lo: float, c: float, v: float) -> None:
         hist = self.bars(symbol)

@@ -148,6 +148,10 @@ class OrderDesk:
     def open_orders(self, strategy: str, symbol: str | None = None) -> list[Order]:
         return self.broker.open_orders(strategy, symbol)
 
+    def open_orders_all(self) -> list[Order]:
+        """Every open order of this process, of every strategy."""
+        return self.broker.open_orders()
+
     # -- what the broker reports --------------------------------------------
     def record(self, updates: list[Update]) -> None:
         """Write updates from the broker to the sink and queue them for the strategies."""

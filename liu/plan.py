@@ -12,7 +12,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from liu.errors import ConfigError
 
@@ -52,13 +60,22 @@ class _Table(BaseModel):
 
 
 class SessionPlan(_Table):
-    """How long the daemon runs and how fast market time passes."""
+    """How long the daemon runs and how fast market time passes.
 
-    duration: Duration = 60.0
+    `duration = "market"` runs on the market's calendar (kind = "alpaca"): from the open (or now, when
+    the market is open) to the close, early closes and holidays included; see `liu.sources.alpaca.calendar`.
+    """
+
+    duration: Duration | Literal["market"] = 60.0
     speed: float | Literal["max"] = Field(default=1.0)
     market_open: TimeOfDay = "09:30"
     env: Literal["PAPER", "LIVE", "BACKTEST"] = "PAPER"
     portfolio_interval: Duration = 60.0
+
+    @property
+    def seconds(self) -> float:
+        """`duration` in seconds; "market" counts as one regular 6.5-hour session (simulator, backtest)."""
+        return 6.5 * 3600 if self.duration == "market" else float(self.duration)
 
     @property
     def clock_speed(self) -> float | None:
@@ -72,8 +89,40 @@ class SessionPlan(_Table):
         return self
 
 
+def _on_off(value: Any) -> Any:
+    """`bad_ticks = false` / `true`: off, or on with the defaults."""
+    return {"enabled": value} if isinstance(value, bool) else value
+
+
+class BadTicksPlan(_Table):
+    """The bad-tick filter on trade prints (`liu.ticks`), on unless `bad_ticks = false`.
+
+    `band_pct`: a print further than this (percent) from the median of the symbol's recent prints is
+    dropped; left out, the exchanges' clearly-erroneous tiers (10 % up to $25, 5 % up to $50, 3 %
+    above). `window`: prints per reference median. `confirm`: that many agreeing prints outside the
+    band move the reference (a real gap). `conditions`: drop prints whose sale conditions do not
+    update the last price (average-price, odd-lot, out-of-sequence...). A bar's open, high or low
+    outside the band around its previous and own close is cut back (a bad print inside the bar).
+    """
+
+    enabled: bool = True
+    band_pct: Limit | None = None
+    window: Count = 20
+    confirm: Count = 3
+    conditions: bool = True
+
+    def filter_options(self) -> dict[str, Any] | None:
+        """Keyword arguments for `liu.ticks.TickFilter`, or None when the filter is off."""
+        return self.model_dump(exclude={"enabled"}) if self.enabled else None
+
+
 class SourcePlan(_Table):
-    """The market-data source: liu's simulator, a replay of recorded data, or Alpaca."""
+    """The market-data source: liu's simulator, a replay of recorded data, or Alpaca.
+
+    `adjustment` (replay and backtests): what to take out of recorded prices with the file's own
+    factors, "all" (splits and dividends, the default), "split", "dividend" or "raw"; what is left raw
+    is applied to positions and bar history at the ex-dates, as a broker does (`liu.corporate`).
+    """
 
     kind: Literal["sim", "replay", "alpaca"] = "sim"
     symbols: int | list[str] = 20
@@ -84,8 +133,11 @@ class SourcePlan(_Table):
     start: str | None = None
     end: str | None = None
     bars: Literal["trades", "stream"] = "trades"
-    feed: Literal["iex", "sip"] = "iex"
+    feed: Literal["iex", "sip", "delayed_sip"] = "iex"
+    """Alpaca's stock feed (kind = "alpaca"); crypto pairs (`BTC/USD`) always use the crypto stream."""
     url: str | None = None
+    adjustment: Literal["all", "split", "dividend", "raw"] = "all"
+    bad_ticks: Annotated[BadTicksPlan, BeforeValidator(_on_off)] = BadTicksPlan()
 
     @property
     def symbol_list(self) -> list[str] | None:
@@ -96,6 +148,43 @@ class SourcePlan(_Table):
     def _replay_needs_path(self) -> SourcePlan:
         if self.kind == "replay" and not self.path:
             raise ValueError("kind='replay' needs path = a CSV or Parquet file of recorded data")
+        return self
+
+
+class AlpacaPlan(_Table):
+    """Where Alpaca lives: base URLs to which liu appends Alpaca's paths (as alpaca-py does), and the
+    names of the environment variables (or `.env` entries) holding the keys; the keys never go in the plan.
+
+    One table with `http://127.0.0.1:PORT` / `ws://127.0.0.1:PORT` points every part at a local
+    server (`trader exchange`).
+    """
+
+    data_url: str = "https://data.alpaca.markets"
+    stream_url: str = "wss://stream.data.alpaca.markets"
+    trading_url: str | None = None
+    """None: the paper or live trading API by `paper`."""
+    paper: bool = True
+    key_env: str = "APCA_API_KEY_ID"
+    secret_env: str = "APCA_API_SECRET_KEY"
+    timeout: Duration = 30.0
+    """Seconds one REST request may take before it counts as failed."""
+
+    @property
+    def trading_base(self) -> str:
+        if self.trading_url:
+            return self.trading_url.rstrip("/")
+        return "https://paper-api.alpaca.markets" if self.paper else "https://api.alpaca.markets"
+
+    @model_validator(mode="after")
+    def _urls(self) -> AlpacaPlan:
+        for key, schemes in (
+            ("data_url", ("http://", "https://")),
+            ("stream_url", ("ws://", "wss://")),
+            ("trading_url", ("http://", "https://")),
+        ):
+            value = getattr(self, key)
+            if value is not None and not value.startswith(schemes):
+                raise ValueError(f"{key}={value!r} must start with {' or '.join(schemes)}")
         return self
 
 
@@ -110,6 +199,25 @@ class BrokerPlan(_Table):
     not_shortable: list[str] = []
     max_participation: Annotated[float, BeforeValidator(_not_bool), Field(gt=0, le=1)] | None = None
     """Share of a print's size or a bar's volume an order may fill per event; None = fill in full."""
+    persist: bool | None = None
+    """The paper account (cash, positions, open gtc orders) continues from the last persisted session
+    (`liu.store.account_state`); unset means true for paper trading. Backtests always start fresh with
+    `cash`, and so does `persist = false` (without touching the persisted account)."""
+    unexplained: Literal["ignore", "stop"] = "ignore"
+    """kind = "alpaca": a position at the start that liu's orders do not explain is adopted by no strategy
+    and reported; "stop" stops the start instead (liu.brokers.alpaca.reconcile)."""
+
+    @model_validator(mode="after")
+    def _persist_paper_only(self) -> BrokerPlan:
+        if self.persist and self.kind != "paper":
+            raise ValueError(
+                f"persist=true applies to the paper broker; kind={self.kind!r} keeps its own account"
+            )
+        return self
+
+    def persists(self, env: str) -> bool:
+        """Whether a daemon session in `env` continues the persisted paper account."""
+        return self.kind == "paper" and env != "BACKTEST" and self.persist is not False
 
 
 class RiskPlan(_Table):
@@ -169,6 +277,139 @@ class ConsumersPlan(_Table):
         return max(1, (os.cpu_count() or 2) - 1) if self.count == "auto" else int(self.count)
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+MIN_TOKEN = 16
+
+
+class DashboardPlan(_Table):
+    """The web dashboard (`trader`'s live page, `trader dashboard`'s history) and its `/metrics`.
+
+    Every request needs the token; `trader` prints the address with it at start. `token` / `token_env`
+    fix it (at least 16 characters); left out, every start makes a new one. `metrics_token` /
+    `metrics_token_env` give `/metrics` a token of its own (Prometheus sends it as `Authorization:
+    Bearer …`); `metrics_token = false` lets `/metrics` answer without one, on a local bind only.
+    `linger` keeps the dashboard and `/metrics` up that long after the session ended (Ctrl-C ends it
+    sooner), so the final figures can still be read and scraped.
+    """
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=0, ge=0, le=65535)
+    """0 = a free port, chosen at start."""
+    # SecretStr: a plan printed or logged by mistake shows '**********', never the token.
+    token: SecretStr | None = None
+    token_env: str | None = None
+    metrics_token: SecretStr | Literal[False] | None = None
+    metrics_token_env: str | None = None
+    linger: Duration = 0.0
+
+    @property
+    def local(self) -> bool:
+        return self.host in LOCAL_HOSTS
+
+    @model_validator(mode="after")
+    def _tokens(self) -> DashboardPlan:
+        # Raised at table level so the error line never echoes the value given (a secret).
+        for key in ("token", "metrics_token"):
+            value = getattr(self, key)
+            if value is not None and getattr(self, f"{key}_env"):
+                raise ValueError(f"give {key} or {key}_env, not both")
+            if isinstance(value, SecretStr):
+                _check_token(key, value.get_secret_value())
+        if self.metrics_token is False and not self.local:
+            raise ValueError(
+                f"metrics_token = false with host={self.host!r}: /metrics without a token is allowed on a "
+                f"local bind only ({', '.join(LOCAL_HOSTS)})"
+            )
+        return self
+
+    def resolve_token(self) -> str | None:
+        """The configured token (from the plan or its environment variable), or None: make one."""
+        return _secret("token", self.token, self.token_env)
+
+    def resolve_metrics_token(self) -> str | Literal[False] | None:
+        """/metrics' own token, False for none, or None: the dashboard's token."""
+        if self.metrics_token is False:
+            return False
+        return _secret("metrics_token", self.metrics_token, self.metrics_token_env)
+
+
+def _check_token(key: str, value: str) -> None:
+    # Never echo the value: it is a secret, and this message is printed.
+    if len(value) < MIN_TOKEN or not re.fullmatch(r"[A-Za-z0-9._~-]+", value):
+        raise ValueError(
+            f"{key} must be at least {MIN_TOKEN} characters of letters, digits and -._~ "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe())')"
+        )
+
+
+def _secret(key: str, value: SecretStr | None, env: str | None) -> str | None:
+    if value is not None:
+        return value.get_secret_value()
+    if not env:
+        return None
+    found = os.environ.get(env)
+    if not found:
+        raise ConfigError(f"tradeplan [dashboard] {key}_env={env!r}: that environment variable is not set")
+    try:
+        _check_token(key, found)
+    except ValueError as e:
+        raise ConfigError(f"tradeplan [dashboard] {key}_env={env!r}: the {e}") from None
+    return found
+
+
+AlertLevel = Literal["info", "warning", "error", "off"]
+
+
+class AlertLevels(_Table):
+    """The level of each kind of alert (liu.alerts); "off" never sends that kind."""
+
+    fill: AlertLevel = "info"
+    rejection: AlertLevel = "warning"
+    risk: AlertLevel = "error"
+    """Risk breaches, halts, resumes and flattens."""
+    connection: AlertLevel = "warning"
+    """Market data disconnects and reconnects."""
+    consumer: AlertLevel = "error"
+    """A consumer process died or was restarted."""
+    database: AlertLevel = "error"
+    """Writes failing (an outage) and working again."""
+    strategy: AlertLevel = "error"
+    """A strategy or scanner raised."""
+    error: AlertLevel = "error"
+    """Any other error the session logs."""
+
+
+class AlertsPlan(_Table):
+    """Where alerts go (apprise URLs), which are sent (`min_level`, `levels`) and how they are grouped.
+
+    `urls_env` names an environment variable (or `.env` entry) holding more URLs, separated by spaces
+    or commas, so tokens and passwords can stay out of the plan. Alerts of one kind with the same text
+    (numbers aside) within `window` are grouped: the first `burst` of a kind go out at once, the rest
+    as one "40× …" summary when the window closes.
+    """
+
+    # SecretStr: URLs carry tokens and passwords; a plan printed by mistake shows '**********'.
+    urls: list[SecretStr] = []
+    urls_env: str | None = None
+    min_level: Literal["info", "warning", "error"] = "warning"
+    levels: AlertLevels = AlertLevels()
+    window: Annotated[float, BeforeValidator(parse_duration), Field(gt=0)] = 60.0
+    burst: Count = 3
+
+    def all_urls(self) -> list[str]:
+        """The URLs of `urls` and of `urls_env`."""
+        urls = [u.get_secret_value() for u in self.urls]
+        if self.urls_env:
+            found = os.environ.get(self.urls_env)
+            if not found:
+                raise ConfigError(
+                    f"tradeplan [alerts] urls_env={self.urls_env!r}: that environment variable is not set"
+                )
+            urls += [u for u in re.split(r"[\s,]+", found) if u]
+        return urls
+
+
 class Schedule(_Table):
     """Window of market time (New York) in which a strategy receives events."""
 
@@ -208,6 +449,9 @@ class ModelRef(_Table):
 class StrategyPlan(PluginPlan):
     schedule: Schedule = Schedule()
     models: list[ModelRef] = []
+    warmup: Annotated[int, BeforeValidator(_not_bool), Field(ge=0)] | None = None
+    """Minute bars of history the strategy needs before its first live bar (live sources load them at
+    start); None = worked out from its indicators and models (see `liu.warmup`)."""
 
     @model_validator(mode="after")
     def _models_unique(self) -> StrategyPlan:
@@ -223,10 +467,13 @@ class TradePlan(_Table):
 
     session: SessionPlan = SessionPlan()
     source: SourcePlan = SourcePlan()
+    alpaca: AlpacaPlan = AlpacaPlan()
     broker: BrokerPlan = BrokerPlan()
     risk: RiskPlan = RiskPlan()
     database: DatabasePlan = DatabasePlan()
     consumers: ConsumersPlan = ConsumersPlan()
+    dashboard: DashboardPlan = DashboardPlan()
+    alerts: AlertsPlan = AlertsPlan()
     scanners: list[ScannerPlan] = []
     strategies: list[StrategyPlan] = []
     base_dir: Path = Path(".")
@@ -250,6 +497,11 @@ class TradePlan(_Table):
                         f"{where}: strategy {st.label!r} uses {m.spec} at version {_pin(m.version)} but "
                         f"strategy {seen[0]!r} at version {_pin(seen[1])}; one process scores one version"
                     )
+        if self.source.kind == "alpaca" and not self.scanners and self.source.symbol_list is None:
+            raise ValueError(
+                'source: kind=\'alpaca\' needs symbols = a list (e.g. ["AAPL", "BTC/USD"]) or a scanner; '
+                f"given symbols={self.source.symbols!r}"
+            )
         for sc in self.scanners:
             for target in sc.target_strategies:
                 if target not in names:

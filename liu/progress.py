@@ -8,6 +8,7 @@ from rich.table import Table
 
 from liu.events import ConsumerReport
 from liu.stats import RUNNER_COUNTERS, SharedStats
+from liu.ticks import merge_reports
 
 _HEADERS = {"strategy_errors": "errors"}
 # Live, "received" shows as the queue depth (sent - received) instead.
@@ -30,6 +31,14 @@ def progress_table(stats: SharedStats, rate: float, elapsed: float, duration: fl
         f"{rate:,.0f} events/s · {p['events']:,} events · {elapsed:,.0f}/{duration:,.0f}s · "
         f"{'connected' if p['connected'] else '[red]disconnected[/]'} · reconnects {p['reconnects']}"
     )
+    warmed = [stats.consumer(i) for i in range(stats.consumers)]
+    if any(c["warmed"] or c["warm_failed"] for c in warmed):
+        title += (
+            f" · history: {sum(c['warmed'] for c in warmed):,} symbols, {sum(c['warm_bars'] for c in warmed):,} "
+            f"bars, {sum(c['warm_failed'] for c in warmed):,} not loaded"
+        )
+    if backlog := db_backlog_text(stats):
+        title += f" · [yellow]{backlog[2:]}[/]"
     t = Table(title=title, title_justify="left")
     for col in ("consumer", "lag ms", "queue (events)", "backlog KB", *map(_header, _LIVE)):
         t.add_column(col, justify="right")
@@ -43,6 +52,12 @@ def progress_table(stats: SharedStats, rate: float, elapsed: float, duration: fl
             *(f"{c[name]:,}" for name in _LIVE),
         )
     return t
+
+
+def db_backlog_text(stats: SharedStats) -> str:
+    """`, database: N rows waiting in the spool` while the database cannot take every row, else ''."""
+    n = sum(stats.consumer(i)["db_backlog"] for i in range(stats.consumers))
+    return f", database: {n:,} rows waiting in the spool" if n else ""
 
 
 def summary_tables(reports: list[ConsumerReport], session: Any) -> list[Table]:
@@ -69,6 +84,8 @@ def summary_tables(reports: list[ConsumerReport], session: Any) -> list[Table]:
         for rule, n in r.risk_refused.items():
             refused[rule] = refused.get(rule, 0) + n
     tables = [strat, cons]
+    if any(r.warmup.get("symbols") or r.warmup.get("failed") or r.warmup.get("backfills") for r in reports):
+        tables.append(history_table(reports))
     if refused:
         risk = Table(title="risk refusals", title_justify="left")
         risk.add_column("rule")
@@ -76,7 +93,52 @@ def summary_tables(reports: list[ConsumerReport], session: Any) -> list[Table]:
         for rule, n in sorted(refused.items()):
             risk.add_row(rule, f"{n:,}")
         tables.append(risk)
+    bad = merge_reports(r.bad_ticks for r in reports)
+    if bad:
+        tables.append(bad_ticks_table(bad))
     return tables
+
+
+def history_table(reports: list[ConsumerReport]) -> Table:
+    """Per consumer: symbols warmed before their first live bar, gaps back-filled, what could not be."""
+    t = Table(title="history (warm-up before the first live bar, gap back-fill)", title_justify="left")
+    for col in (
+        "consumer",
+        "symbols warmed",
+        "bars",
+        "seconds",
+        "not loaded",
+        "back-fills",
+        "bars filled",
+        "not filled",
+        "bars revised",
+    ):
+        t.add_column(col, justify="right")
+    for r in reports:
+        w = r.warmup
+        failed = w.get("failed", {})
+        t.add_row(
+            str(r.index),
+            f"{w.get('symbols', 0):,}",
+            f"{w.get('bars', 0):,}",
+            f"{w.get('seconds', 0.0):.2f}",
+            ", ".join(sorted(failed)[:5]) + (f" (+{len(failed) - 5})" if len(failed) > 5 else "") or "-",
+            f"{w.get('backfills', 0):,}",
+            f"{w.get('filled_bars', 0):,}",
+            str(len(w.get("unfilled", {}))),
+            f"{w.get('revised_bars', 0) + w.get('superseded_bars', 0):,}",
+        )
+    return t
+
+
+def bad_ticks_table(bad: dict[str, dict[str, int]]) -> Table:
+    """What the bad-tick filter dropped or repaired, per symbol (`liu.ticks`)."""
+    t = Table(title="bad ticks dropped", title_justify="left")
+    for col in ("symbol", "prints outside band", "prints by conditions", "bars repaired", "reference moved"):
+        t.add_column(col, justify="right")
+    for sym, c in bad.items():
+        t.add_row(sym, *(f"{c[k]:,}" for k in ("band", "conditions", "bars", "moved")))
+    return t
 
 
 def merge_strategies(reports: list[ConsumerReport]) -> dict[str, dict]:

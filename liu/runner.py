@@ -24,13 +24,15 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from liu.bars import MINUTE, BarBuilder
-from liu.brokers.base import Broker
-from liu.events import BAR, KIND_NAMES, MALFORMED, QUOTE, TRADE, Bar, Fill, Order, Quote, Trade
+from liu.brokers.base import Broker, Update
+from liu.corporate import ActionSchedule, CorporateAction
+from liu.events import BAR, KIND_NAMES, MALFORMED, QUOTE, TRADE, TRADE_NO_LAST, Bar, Fill, Order, Quote, Trade
 from liu.features import Features
 from liu.orders import NullSink, OrderDesk, Sink
 from liu.risk import RiskManager
 from liu.stats import RUNNER_COUNTERS
 from liu.strategy import Context, Strategy
+from liu.ticks import TickFilter
 
 __all__ = ["Keystore", "NullSink", "Sink", "StrategyRunner"]
 
@@ -105,8 +107,12 @@ class StrategyRunner:
         portfolio_interval_ns: int = 60 * 10**9,
         risk: RiskManager | None = None,
         account_slot: int = 0,
+        ticks: TickFilter | None = None,
+        actions: Iterable[CorporateAction] = (),
     ) -> None:
         self.broker = broker
+        self.ticks = ticks  # the bad-tick filter on trade prints (None = off)
+        self.actions = ActionSchedule(actions)  # splits and dividends of data replayed raw
         self.features = Features()
         self.bars_from_trades = bars_from_trades
         self.stale_after_ns = stale_after_ns
@@ -204,6 +210,39 @@ class StrategyRunner:
         if route and slot in route:
             route.remove(slot)
 
+    # -- history (warm-up, gap back-fill; off the event path) ------------
+    def warm(self, symbol: str, bars: Sequence[tuple]) -> int:
+        """Load history bars `(ts, open, high, low, close, volume)`, oldest first, into `symbol`'s bar
+        history, indicators and model features; return how many were newer than what it had.
+
+        No strategy sees them and no model scores them (the symbol is unrouted meanwhile), so the first
+        live bar finds warm indicators. Live prints for minutes the history covers build no bar.
+        """
+        hist = self.features.bars(symbol)
+        last = int(hist.ts[-1]) if hist.n else -1
+        route = self.routes.pop(symbol, None)
+        added = 0
+        try:
+            for ts, o, h, lo, c, v in bars:
+                if ts <= last:
+                    continue
+                last = ts
+                self.features.add_bar(symbol, ts, o, h, lo, c, v)
+                bar = Bar(symbol, ts, o, h, lo, c, v)
+                for hook in self.bar_hooks:
+                    try:
+                        hook(bar)
+                    except Exception:  # as in _close_bar: a hook's failure must not stop the consumer
+                        log.exception("bar hook %r failed on history bar of %s at %d", hook, symbol, ts)
+                added += 1
+        finally:
+            if route is not None:
+                self.routes[symbol] = route
+        if added:
+            self._bars.seal(symbol, last // MINUTE)
+            self.last_price.setdefault(symbol, bars[-1][4])
+        return added
+
     # -- the event path -------------------------------------------------
     async def process(self, batch: Sequence[tuple], now_ns: int | None = None) -> None:
         """Handle a batch of wire tuples; events older than `stale_after_ns` at `now_ns` are dropped."""
@@ -215,6 +254,8 @@ class StrategyRunner:
             stale_cut = now_ns - self.stale_after_ns
         broker = self.broker
         desk = self.desk
+        ticks = self.ticks
+        check_tick = ticks.check if ticks is not None else None
         if desk.check_flatten(self.now):  # one shared-memory read per batch
             await self._deliver()
         try:
@@ -250,8 +291,10 @@ class StrategyRunner:
                         self._minute(ts)
                         if desk.queue:
                             await self._deliver()
-                if kind == TRADE:
+                if kind == TRADE or kind == TRADE_NO_LAST:
                     price = ev[3]
+                    if check_tick is not None and not check_tick(sym, price, kind):
+                        continue  # a bad print: counted per symbol by the filter
                     self.last_price[sym] = price
                     updates = broker.on_trade(sym, ts, price, ev[4])
                     if updates:
@@ -293,6 +336,8 @@ class StrategyRunner:
                                 elif desk.queue:  # it cancelled or replaced and returned nothing
                                     await self._deliver()
                 elif kind == BAR:
+                    if ticks is not None:
+                        ev = ticks.check_bar(ev)  # a bad open/high/low cut back (counted per symbol)
                     updates = broker.on_bar(sym, ts, ev[3], ev[4], ev[5], ev[6], ev[7])
                     if updates:
                         desk.record(updates)
@@ -310,8 +355,20 @@ class StrategyRunner:
         """Data time entered a new minute: sample the last one, then the desk's housekeeping."""
         if self._next_minute and self._on_minute is not None:
             self._on_minute(self._next_minute)
+        if ts >= self.actions.next_ts:
+            self._corporate_actions(ts)
         self._next_minute = (ts // MINUTE + 1) * MINUTE
         self.desk.on_minute(ts)
+
+    async def broker_updates(self, updates: list) -> None:
+        """Updates a remote broker (the Alpaca gateway) reported between events: record, then deliver."""
+        if updates:
+            self.desk.record(updates)
+            await self._deliver()
+
+    async def deliver(self) -> None:
+        """Hand what the desk queued outside a hook (a cancel from the control channel) to the strategies."""
+        await self._deliver()
 
     async def poll_account(self) -> None:
         """Publish this process's positions to the shared account and carry out a pending flatten
@@ -319,6 +376,33 @@ class StrategyRunner:
         self.desk.publish()
         if self.desk.check_flatten(self.now):
             await self._deliver()
+
+    def _corporate_actions(self, ts: int) -> None:
+        """Splits and dividends due at `ts`, before the first event on their ex-date (`liu.corporate`):
+        the broker adjusts positions and orders (or pays the dividend), history and prices move with them.
+        What the broker reports is queued for the strategies (the caller delivers it)."""
+        for action in self.actions.due(ts):
+            sym = action.symbol
+            updates: list[Update] = []
+            if action.split != 1.0:
+                f = 1.0 / action.split
+                self.features.adjust(sym, f, action.split)
+                self._bars.adjust(sym, f, action.split)
+                if sym in self.last_price:
+                    self.last_price[sym] *= f
+                if self.ticks is not None:
+                    self.ticks.adjust(sym, f)
+                updates += self.broker.split(sym, action.split, ts)
+            if action.dividend:
+                last = self.last_price.get(sym)
+                if last:  # the reference drops by the dividend, as the exchange's previous close does
+                    self.last_price[sym] = last - action.dividend
+                    if self.ticks is not None:
+                        self.ticks.adjust(sym, (last - action.dividend) / last)
+                updates += self.broker.dividend(sym, action.dividend, ts)
+            log.info("corporate action at %d: %s", ts, action.describe())
+            if updates:
+                self.desk.record(updates)
 
     async def flush_bars(self, now_ns: int, grace_ns: int = 2 * 10**9) -> None:
         """Close bars whose minute ended before `now_ns - grace_ns` (live: quiet symbols still get bars)."""

@@ -3,13 +3,22 @@
 Scanners run in the main `trader` process on their `recurrence` (market
 time; once at start when no recurrence is given). The symbols they return
 are subscribed by the producer and routed to the scanner's target strategies.
+
+With Alpaca as the source, `ctx.universe` holds Alpaca's tradable assets (stocks and crypto, with
+shortable, easy-to-borrow, fractionable and marginable) and `ctx.snapshots(symbols)` fetches the latest
+trade, quote, minute bar and daily bars. A plain `def scan` then runs in a worker thread, so those REST
+calls never stall the daemon; an `async def scan` runs on the loop and should await
+`ctx.snapshots_async(symbols)` instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
-from typing import ClassVar
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -27,19 +36,42 @@ class ScannerConfig(BaseModel):
 
 @dataclass(frozen=True)
 class SymbolInfo:
-    """What the market-data source knows about a symbol before trading it."""
+    """What the market-data source knows about a symbol before trading it.
 
-    price: float
-    avg_volume: float
+    Alpaca's asset list carries no prices: there `price` and `avg_volume` are NaN (every comparison with
+    them is False) until a scanner asks `ctx.snapshots`.
+    """
+
+    price: float = math.nan
+    avg_volume: float = math.nan
     shortable: bool = True
+    easy_to_borrow: bool = True
+    fractionable: bool = False
+    marginable: bool = True
+    asset_class: str = "us_equity"  # "us_equity" | "crypto"
+    exchange: str = ""
+    name: str = ""
+
+
+def _no_snapshots(symbols: Iterable[str]) -> dict[str, Any]:
+    return {}
 
 
 @dataclass(frozen=True)
 class ScanContext:
-    """What a scanner sees: the tradable universe with reference figures, and the market time."""
+    """What a scanner sees: the tradable universe with reference figures, and the market time.
+
+    `snapshots(symbols)` → {symbol: `liu.sources.alpaca.Snapshot`} (latest trade `price`, `bid`/`ask`,
+    `minute_bar`, `daily_bar`, `prev_daily_bar`), fetched in batches; empty for sources without it.
+    """
 
     now: int
-    universe: dict[str, SymbolInfo]
+    universe: Mapping[str, SymbolInfo]
+    snapshots: Callable[[Iterable[str]], dict[str, Any]] = field(default=_no_snapshots)
+
+    async def snapshots_async(self, symbols: Iterable[str]) -> dict[str, Any]:
+        """`snapshots` for an `async def scan`: the REST calls run in a worker thread."""
+        return await asyncio.to_thread(self.snapshots, list(symbols))
 
 
 class Scanner:
@@ -77,9 +109,15 @@ class ScheduledScanner:
 class ScannerRunner:
     """Runs scanners when they are due, in market time; returns what each picked, and when the next is due."""
 
-    def __init__(self, scanners: list[ScheduledScanner], universe: dict[str, SymbolInfo]) -> None:
+    def __init__(
+        self,
+        scanners: list[ScheduledScanner],
+        universe: Mapping[str, SymbolInfo],
+        snapshots: Callable[[Iterable[str]], dict[str, Any]] | None = None,
+    ) -> None:
         self.scanners = scanners
         self.universe = universe
+        self.snapshots = snapshots  # a live source's REST: plain scans then run in a worker thread
 
     def next_due(self) -> int | None:
         """Market time the next scanner run is due (None: no scanner will run again)."""
@@ -95,7 +133,14 @@ class ScannerRunner:
             if s.done or now_ns < s.next_run:
                 continue
             try:
-                result = s.scanner.scan(ScanContext(now_ns, self.universe))
+                if self.snapshots is None:
+                    result = s.scanner.scan(ScanContext(now_ns, self.universe))
+                else:
+                    ctx = ScanContext(now_ns, self.universe, self.snapshots)
+                    if inspect.iscoroutinefunction(s.scanner.scan):
+                        result = s.scanner.scan(ctx)
+                    else:  # it may call ctx.snapshots (blocking REST): keep it off the event loop
+                        result = await asyncio.to_thread(s.scanner.scan, ctx)
                 if inspect.isawaitable(result):
                     result = await result
                 symbols = [str(x) for x in (result or [])]
@@ -127,6 +172,22 @@ def load_scanners(plan: TradePlan) -> list[ScheduledScanner]:
         )
         for s in plan.scanners
     ]
+
+
+def asset_infos(assets: Mapping[str, Any]) -> dict[str, SymbolInfo]:
+    """Alpaca's tradable assets (`liu.sources.alpaca.Asset` by symbol) as scanner inputs."""
+    return {
+        s: SymbolInfo(
+            shortable=a.shortable,
+            easy_to_borrow=a.easy_to_borrow,
+            fractionable=a.fractionable,
+            marginable=a.marginable,
+            asset_class=a.asset_class,
+            exchange=a.exchange,
+            name=a.name,
+        )
+        for s, a in assets.items()
+    }
 
 
 def symbol_infos(universe: dict[str, dict]) -> dict[str, SymbolInfo]:

@@ -9,7 +9,17 @@ from __future__ import annotations
 import multiprocessing as mp
 from typing import Any
 
-PRODUCER_FIELDS = ("frames", "events", "unroutable", "reconnects", "gap_ms", "connected")
+PRODUCER_FIELDS = (
+    "frames",
+    "events",
+    "unroutable",
+    "reconnects",
+    "gap_ms",
+    "connected",
+    "updated_bars",  # Alpaca `u`: a closed bar revised (passed on to its consumer)
+    "corrections",  # Alpaca `c`: a trade corrected (counted and logged)
+    "cancel_errors",  # Alpaca `x`: a trade cancelled (counted and logged)
+)
 # A strategy runner's counters (its `counts` dict), named once for the runner, the consumer report,
 # the shared progress array and the summary.
 RUNNER_COUNTERS = (
@@ -29,6 +39,10 @@ CONSUMER_FIELDS = (
     "backlog_bytes",  # written by the producer
     *RUNNER_COUNTERS,
     "lag_us",  # written by the consumer
+    "warmed",  # symbols whose history was loaded (warm-up or back-fill)
+    "warm_bars",  # history bars loaded
+    "warm_failed",  # symbols whose history could not be loaded (they warm up live)
+    "db_backlog",  # rows waiting for the database in the trade writer's spool (written by the consumer)
 )
 _P = len(PRODUCER_FIELDS)
 _C = len(CONSUMER_FIELDS)

@@ -1,8 +1,10 @@
-"""Shared fixtures: one embedded PostgreSQL per test session, a fresh migrated database per test.
+"""Shared fixtures: one embedded PostgreSQL per test session, a fresh migrated database per test,
+and no process outliving the test that started it.
 
 The server starts lazily (only when a test asks for `pg_dsn`/`pg_server`), is
 migrated once into a template database, and every test gets a copy of that
 template (CREATE DATABASE ... TEMPLATE takes a few ms), dropped afterwards.
+Plain helpers (waiting with a deadline, running `trader`) are in tests/helpers.py.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from liu.store.db import EmbeddedPostgres, create_database, drop_database, upgrade
+# The shared helper modules assert too: give their failures pytest's detailed messages.
+pytest.register_assert_rewrite("tests.helpers", "tests.ml.helpers")
+
+from liu.store.db import EmbeddedPostgres, create_database, drop_database, upgrade  # noqa: E402
+from tests.helpers import ProcessReaper, untagged  # noqa: E402
+
+pytest_plugins = ["pytester"]
 
 TEMPLATE_DB = "liu_template"
 _counter = itertools.count(1)
@@ -46,12 +54,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.db)
 
 
+@pytest.fixture(autouse=True)
+def reap_processes() -> Iterator[ProcessReaper]:
+    """Kill, after every test (passed, failed or timed out), every process it started and their whole trees.
+
+    That covers `trader` and its producer, consumers and market-data server, multiprocessing children,
+    and embedded PostgreSQL servers, even once they have left the tree (see tests.helpers.ProcessReaper).
+    A test that passed but left processes behind gets a warning naming them.
+    """
+    reaper = ProcessReaper().start()
+    try:
+        yield reaper
+    finally:
+        killed = reaper.reap()
+    if killed:
+        warnings.warn(
+            pytest.PytestWarning("killed processes the test left running: " + "; ".join(killed)),
+            stacklevel=1,
+        )
+
+
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
     """One embedded PostgreSQL for the whole session, with a migrated template database."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR not set
-        server = EmbeddedPostgres.start(tmp_path_factory.mktemp("pg") / "data", database=TEMPLATE_DB)
+        with untagged():  # shared by later tests: no test's reaper may take it
+            server = EmbeddedPostgres.start(tmp_path_factory.mktemp("pg") / "data", database=TEMPLATE_DB)
     try:
         upgrade(server.dsn)
         yield server

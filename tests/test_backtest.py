@@ -15,10 +15,10 @@ import pytest
 
 from liu.analysis.trades import round_trips
 from liu.backtest import run_backtest
-from liu.events import BAR, QUOTE
+from liu.events import QUOTE
 from liu.plan import TradePlan, parse_plan
 from liu.testing import make_bars, sample_data
-from tests.test_daemon import run_trader
+from tests.helpers import SCRIPT, bar, run_trader
 
 REPO = Path(__file__).resolve().parent.parent
 DAY = 86_400 * 10**9
@@ -138,6 +138,7 @@ bars = "stream"
 cash = 100000
 fee_per_share = 0.005
 slippage_bps = 2
+persist = false  # like the backtest: the session's gtc orders end with it
 [database]
 dsn = "{pg_dsn}"
 [consumers]
@@ -263,34 +264,6 @@ def test_decisions_before_t_do_not_depend_on_data_after_t(tmp_path):
     assert [fill_key(f) for f in a.fills] != [fill_key(f) for f in b.fills]  # the change did matter after T
 
 
-SCRIPT = '''
-from liu.strategy import Strategy, StrategyConfig
-
-
-class ScriptConfig(StrategyConfig):
-    orders: list[list] = []  # [bar index, side, qty, limit price (0 = market order)]
-
-
-class Script(Strategy):
-    """Places the given orders at the close of the given bars; records its fills."""
-
-    Config = ScriptConfig
-
-    def __init__(self, name, config):
-        super().__init__(name, config)
-        self.n = 0
-
-    def on_bar(self, bar, ctx):
-        out = []
-        for i, side, qty, limit in self.config.orders:
-            if i == self.n:
-                make = ctx.buy if side == "buy" else ctx.sell
-                out.append(make(bar.symbol, qty, limit=limit or None))
-        self.n += 1
-        return out
-'''
-
-
 def scripted(tmp_path: Path, orders: list, broker: str = "", cash: float = 10_000.0):
     (tmp_path / "script.py").write_text(SCRIPT)
     text = f"""
@@ -307,10 +280,6 @@ class = "Script"
 orders = {json.dumps(orders)}
 """
     return plan_of(text, tmp_path)
-
-
-def bar(i: int, o: float, h: float, lo: float, c: float, sym: str = "X") -> tuple:
-    return (BAR, sym, 1_700_000_000 * 10**9 + i * 60 * 10**9, o, h, lo, c, 1000.0, 0)
 
 
 def test_market_order_fills_at_the_gapped_next_open_with_slippage_and_fees(tmp_path):
@@ -531,7 +500,7 @@ def test_backtest_scores_the_registrys_serving_model_and_stores_predictions(tmp_
     """A strategy naming a model: the backtest loads the serving version, as a consumer does."""
     from liu.ml.registry import Registry
     from liu.ml.spec import load_spec
-    from tests.ml.test_inference import minute_bars, ml_plan, train, wire, write_spec
+    from tests.ml.helpers import minute_bars, ml_plan, train, wire, write_spec
 
     bars = minute_bars(("SPY", "IBM"), n=200)
     spec_path = write_spec(tmp_path)

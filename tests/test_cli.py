@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.test_daemon import STRATEGY, run_trader
+from tests.helpers import STRATEGY, run_trader
 
 pytestmark = pytest.mark.slow
 
@@ -169,10 +169,10 @@ def test_db_upgrade_migrates_the_embedded_database(tmp_path):
 
 
 def test_bad_model_file_stops_the_start_with_one_line(tmp_path, pg_dsn):
-    """A strategy's model that fails validation is refused before any consumer starts."""
+    """A strategy's model that fails validation is refused before any consumer starts (no market data needed)."""
     from liu.ml.registry import Registry
     from liu.ml.spec import load_spec
-    from tests.ml.test_inference import write_spec
+    from tests.ml.helpers import write_spec
 
     spec_path = write_spec(tmp_path)
     model = Registry(load_spec(spec_path).registry_root, None).path("tiny", 1)

@@ -38,6 +38,8 @@ LAYERS: dict[str, int] = {
     "liu.transport": 1,
     "liu.stats": 1,
     "liu.errors": 1,
+    "liu.commands": 1,  # main → consumer requests beyond Start/Assign/Stop (cancel one order), answers
+    "liu.logs": 1,  # the logging queue: children's records printed by the main process
     "liu.brokers": 2,
     "liu.features": 2,
     "liu.bars": 2,
@@ -45,6 +47,8 @@ LAYERS: dict[str, int] = {
     "liu.sources": 2,
     "liu.store": 2,
     "liu.plugins": 2,
+    "liu.ticks": 2,
+    "liu.corporate": 2,
     "liu.strategy": 3,
     "liu.scanner": 3,
     "liu.runner": 3,
@@ -53,12 +57,17 @@ LAYERS: dict[str, int] = {
     "liu.producer": 3,
     "liu.consumer": 3,
     "liu.daemon": 4,
+    "liu.alerts": 4,  # the session's alerts: wired by the daemon
+    "liu.market": 4,  # Alpaca as the source, main-process side: keys, universe, calendar session, warm-up size
     "liu.backtest": 4,
     "liu.engine": 4,
     "liu.cli": 4,
     "liu.control": 4,
     "liu.progress": 4,
+    "liu.cancel": 4,  # the control channel's cancel, routed to the consumer owning the order
+    "liu.dashboard": 4,  # the web dashboard and /metrics (FastAPI, uvicorn, prometheus-client)
     "liu.testing": 4,  # the test kit for strategy authors: nothing in liu imports it
+    "liu.watchdog": 4,  # the daemon's watchdog process: nothing outlives the daemon
     "liu.ml": SIDE,
     "liu.ml.cli": 4,
     "liu.ml.train": 4,

@@ -5,7 +5,7 @@ import msgpack
 import pytest
 
 from liu.backtest import _feed_batches
-from liu.events import BAR, MALFORMED, QUOTE, TRADE
+from liu.events import BAR, MALFORMED, QUOTE, TRADE, BarRevision
 from liu.producer import Producer, shard_of
 from liu.sources import protocol as P
 from liu.sources.protocol import UNROUTABLE
@@ -135,7 +135,7 @@ FRAMES = [
         {**P.trade_msg("AAA", T0, 1, 1), "S": 42},  # unroutable: a number
         7,  # unroutable: not a map
         "junk",
-        P.bar_msg("AAA", T0, 1, 2, 0.5, 1.5, 10, kind="u"),  # an updated bar: not used, no event
+        P.bar_msg("AAA", T0, 1, 2, 0.5, 1.5, 10, kind="u"),  # an updated bar: no event, a BarRevision
         P.success("authenticated"),
         P.trade_msg("BBB", T0 + 4, 20.25, 5),
     ],
@@ -145,6 +145,10 @@ FRAMES = [
 class _Writer:
     def __init__(self) -> None:
         self.events: list[tuple] = []
+        self.controls: list[object] = []
+
+    def send_control(self, msg: object) -> None:
+        self.controls.append(msg)
 
     def send_batch(self, batch: list[tuple]) -> None:
         self.events.extend(batch)
@@ -187,3 +191,6 @@ async def test_the_producer_and_the_backtester_decode_every_frame_to_the_same_tu
     ]
     assert stats.producer()["unroutable"] == 5  # the producer counts what the backtester drops
     assert stats.producer()["events"] == len(live) == 8
+    # The updated bar is no event: it goes to the consumer that owns AAA as a revision of a closed bar.
+    assert writer.controls == [BarRevision("AAA", T0, 1.0, 2.0, 0.5, 1.5, 10.0)]
+    assert stats.producer()["updated_bars"] == 1

@@ -260,6 +260,7 @@ async def batch_report(
     equity: tuple[np.ndarray, np.ndarray] | None = None,
     mark_to_bars: bool = False,
     title: str | None = None,
+    prices: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Report:
     """The batch's report, read-only (the notebooks use this; `analyse_batch` also saves).
 
@@ -267,6 +268,8 @@ async def batch_report(
     it the curve is rebuilt from the fills: marked at `stock_ohlc` bar closes of the traded
     symbols when `mark_to_bars` and such bars exist, else fill-marked. `start_cash`
     defaults to the batch's accounts row, else 100,000 (said in the report's notes).
+    `prices` (symbol -> (ts ns, price)) are what the page draws the fills on; with
+    `mark_to_bars` the bar closes read for the equity serve when none are given.
     """
     fills = await load_fills(dsn, batch_id)
     notes: list[str] = []
@@ -289,7 +292,10 @@ async def batch_report(
         bars = await load_bars(dsn, symbols, fills[0].ts - _DAY_NS, fills[-1].ts + _DAY_NS)
         if bars:
             first = fills[0].ts  # fills come in time order
-            closes = {s: (t[t >= first], c[t >= first]) for s, (t, c) in bar_closes(bars).items()}
+            every = bar_closes(bars)
+            if prices is None:
+                prices = every
+            closes = {s: (t[t >= first], c[t >= first]) for s, (t, c) in every.items()}
             equity = equity_from_fills(fills, float(start_cash), closes)
             source = "bar closes"
             notes.append(
@@ -305,6 +311,8 @@ async def batch_report(
         title=title or f"batch {batch_id}",
         notes=notes,
         equity_source=source,
+        prices=prices,
+        batch_id=batch_id,
     )
 
 
@@ -315,6 +323,7 @@ async def analyse_batch(
     start_cash: float | None = None,
     equity: tuple[np.ndarray, np.ndarray] | None = None,
     title: str | None = None,
+    prices: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Report:
     """Load the batch's fills, build the report, store gain_loss/trade_analysis, return the report.
 
@@ -322,9 +331,24 @@ async def analyse_batch(
     without it the curve is rebuilt from the fills (fill-marked). `start_cash` defaults to
     the batch's accounts row, else 100,000 (said in the report's notes).
     """
-    report = await batch_report(dsn, batch_id, start_cash=start_cash, equity=equity, title=title)
+    report = await batch_report(
+        dsn, batch_id, start_cash=start_cash, equity=equity, title=title, prices=prices
+    )
     await save_analysis(dsn, batch_id, report.trips)
     return report
+
+
+async def batch_page(dsn: str, batch_id: str, *, plotly_js: str = "inline") -> str:
+    """The page of a stored batch (daemon or backtest): fills from PostgreSQL, equity marked at the
+    `stock_ohlc` bar closes of the traded symbols when there are any (else at fill prices), start cash
+    from the batch's accounts row. Raises `BatchNotFound` for an unknown batch."""
+    from liu.analysis.page import render
+
+    report = await batch_report(dsn, batch_id, mark_to_bars=True)
+    async with connection(dsn) as conn:
+        report.env = await conn.fetchval("SELECT min(env) FROM algo_run WHERE batch_id = $1", batch_id) or ""
+    report.batch_id = batch_id
+    return render(report, plotly_js=plotly_js)
 
 
 def _num(value: float) -> float | None:
@@ -335,6 +359,7 @@ __all__ = [
     "BatchNotFound",
     "analyse_batch",
     "bar_closes",
+    "batch_page",
     "batch_report",
     "latest_batch",
     "list_batches",

@@ -2,8 +2,9 @@
 
 `build_report` is the one entry point for backtests and daemon batches, so both are
 measured by the same code (liu.analysis.metrics). Outputs: `to_json` (machines),
-`write_html` (plotly, self-contained: works offline), `write_png` (matplotlib Agg, no
-browser needed) and `print` (a rich table in the terminal).
+`html`/`write_html` (the page a quant studies, liu.analysis.page: self-contained, works
+offline; also the dashboard's batch view), `write_png` (matplotlib Agg, no browser
+needed) and `print` (a rich table in the terminal).
 
 Without an equity curve (a daemon batch: only fills are stored) one is rebuilt from the
 fills: cash from the start cash and every fill (fees included), positions marked at the
@@ -24,11 +25,9 @@ import numpy as np
 import pandas as pd
 
 from liu.analysis import metrics as M
+from liu.analysis.fmt import GROUP_COLUMNS, HEADLINE, PLOT_POINTS, decimate, fmt
 from liu.analysis.trades import OpenPosition, RoundTrip, match_fills
 from liu.events import Fill
-
-PLOT_POINTS = 4000  # charts keep each bucket's min and max, so peaks and troughs survive
-
 
 # ---------------------------------------------------------------- equity from fills
 
@@ -97,6 +96,11 @@ class Report:
     fills: list[Fill] = field(default_factory=list)
     equity_source: str = "given"  # "given" (the caller's curve) | "fills" (fill-marked) | "bar closes"
     notes: list[str] = field(default_factory=list)
+    # symbol -> (ts ns, price): the prices the page draws each symbol's entries and exits on (bar closes
+    # stamped at the bar's end); a symbol without them is drawn on its fill prices.
+    prices: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    batch_id: str = ""
+    env: str = ""  # the batch's environment (PAPER, LIVE, BACKTEST), when known
 
     # ------------------------------------------------------------ machines
 
@@ -134,38 +138,18 @@ class Report:
 
     # ------------------------------------------------------------ charts
 
-    def write_html(self, path: Path | str) -> Path:
-        """Equity and drawdown (plotly), self-contained: the plotly library is embedded."""
-        import plotly.graph_objects as go
-        from plotly.subplots import make_subplots
+    def html(self, plotly_js: str = "inline") -> str:
+        """The report page as one HTML document (see liu.analysis.page); `plotly_js` = "inline" embeds
+        the chart library (offline), anything else is the same-origin path to load it from."""
+        from liu.analysis.page import render
 
+        return render(self, plotly_js=plotly_js)
+
+    def write_html(self, path: Path | str) -> Path:
+        """The report page, self-contained (the chart library embedded): `report.html` of `trader backtest`."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.05)
-        i = _decimate(self.equity, PLOT_POINTS)
-        fig.add_trace(
-            go.Scatter(x=M.ny_times(self.equity_ts[i]), y=self.equity[i], name="equity", mode="lines"),
-            row=1,
-            col=1,
-        )
-        j = _decimate(self.drawdown, PLOT_POINTS)
-        fig.add_trace(
-            go.Scatter(
-                x=M.ny_times(self.equity_ts[j]),
-                y=self.drawdown[j] * 100,
-                name="drawdown %",
-                mode="lines",
-                fill="tozeroy",
-                line={"color": "firebrick"},
-            ),
-            row=2,
-            col=1,
-        )
-        fig.update_yaxes(title_text="equity", row=1, col=1)
-        fig.update_yaxes(title_text="drawdown %", row=2, col=1)
-        fig.update_xaxes(title_text="New York time", row=2, col=1)
-        fig.update_layout(title=self._headline(), template="plotly_white", height=700, showlegend=False)
-        fig.write_html(str(path), include_plotlyjs=True, full_html=True)
+        path.write_text(self.html(), encoding="utf-8")
         return path
 
     def write_png(self, path: Path | str, dpi: int = 110) -> Path:
@@ -177,31 +161,39 @@ class Report:
         return path
 
     def figure(self):
-        """A matplotlib Figure with the equity and drawdown panels (not tied to pyplot)."""
+        """A matplotlib Figure with the equity and drawdown panels on the trading-time axis of the page
+        (liu.analysis.timeaxis: gaps collapsed, the longest marked), not tied to pyplot."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
+
+        from liu.analysis.timeaxis import trading_axis
 
         fig = Figure(figsize=(11, 6.5), layout="constrained")
         FigureCanvasAgg(fig)
         ax_eq, ax_dd = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-        i = _decimate(self.equity, PLOT_POINTS)
-        j = _decimate(self.drawdown, PLOT_POINTS)
-        ax_eq.plot(M.ny_times(self.equity_ts[i]).tz_localize(None), self.equity[i], lw=1.2)
+        axis = trading_axis(self.equity_ts)
+        i = decimate(self.equity, PLOT_POINTS)
+        j = decimate(self.drawdown, PLOT_POINTS)
+        ax_eq.plot(axis.x[i], self.equity[i], lw=1.2)
         ax_eq.set_ylabel("equity")
         ax_eq.grid(alpha=0.3)
         ax_eq.set_title(self._headline(), fontsize=10)
-        x = M.ny_times(self.equity_ts[j]).tz_localize(None)
-        ax_dd.fill_between(x, self.drawdown[j] * 100, 0, color="firebrick", alpha=0.4, lw=0)
+        ax_dd.fill_between(axis.x[j], self.drawdown[j] * 100, 0, color="firebrick", alpha=0.4, lw=0)
         ax_dd.set_ylabel("drawdown %")
-        ax_dd.set_xlabel("New York time")
+        ax_dd.set_xlabel("trading time (New York; gaps collapsed)")
         ax_dd.grid(alpha=0.3)
+        for gap in sorted(axis.gaps, key=lambda g: -g.seconds)[:150]:
+            for ax in (ax_eq, ax_dd):
+                ax.axvline(gap.x, color="0.8", lw=0.6, ls=":")
+        ticks, labels = axis.ticks(8)
+        ax_dd.set_xticks(ticks, labels, fontsize=8)
         return fig
 
     def _headline(self) -> str:
         m = self.metrics
         return (
-            f"{self.title or 'liu report'} — return {_fmt(m.get('total_return'), 'pct')}, "
-            f"Sharpe {_fmt(m.get('sharpe'), 'num')}, max DD {_fmt(m.get('max_drawdown'), 'pct')}, "
+            f"{self.title or 'liu report'} — return {fmt(m.get('total_return'), 'pct')}, "
+            f"Sharpe {fmt(m.get('sharpe'), 'num')}, max DD {fmt(m.get('max_drawdown'), 'pct')}, "
             f"{m.get('round_trips', 0)} round trips"
         )
 
@@ -218,7 +210,7 @@ class Report:
         head.add_column("value", justify="right")
         head.add_column("metric", style="bold")
         head.add_column("value", justify="right")
-        cells = [(label, _fmt(self.metrics.get(key), kind)) for key, label, kind in HEADLINE]
+        cells = [(label, fmt(self.metrics.get(key), kind)) for key, label, kind in HEADLINE]
         half = (len(cells) + 1) // 2
         for left, right in zip(cells[:half], cells[half:] + [("", "")], strict=False):
             head.add_row(*left, *right)
@@ -231,7 +223,7 @@ class Report:
             for _, label, _kind in GROUP_COLUMNS:
                 table.add_column(label, justify="right")
             for row in rows[:max_rows]:
-                cells = [_fmt(row.get(k), kind) for k, _, kind in GROUP_COLUMNS]
+                cells = [fmt(row.get(k), kind) for k, _, kind in GROUP_COLUMNS]
                 style = "green" if row["pnl"] > 0 else "red" if row["pnl"] < 0 else None
                 table.add_row(str(row[key]), *cells, style=style)
             if len(rows) > max_rows:
@@ -239,38 +231,6 @@ class Report:
             console.print(table)
         for note in self.notes:
             console.print(f"[yellow]note:[/] {note}")
-
-
-HEADLINE = [
-    ("start_equity", "Start equity", "money"),
-    ("end_equity", "End equity", "money"),
-    ("total_return", "Total return", "pct"),
-    ("cagr", "CAGR", "pct"),
-    ("volatility", "Volatility (ann.)", "pct"),
-    ("sharpe", "Sharpe", "num"),
-    ("sortino", "Sortino", "num"),
-    ("calmar", "Calmar", "num"),
-    ("max_drawdown", "Max drawdown", "pct"),
-    ("max_drawdown_duration_s", "Max DD duration", "dur"),
-    ("exposure", "Exposure", "pct"),
-    ("round_trips", "Round trips", "int"),
-    ("win_rate", "Win rate", "pct"),
-    ("profit_factor", "Profit factor", "num"),
-    ("expectancy", "Expectancy / trip", "money"),
-    ("avg_holding_s", "Avg holding", "dur"),
-    ("mean_r", "Mean R / trip", "num"),
-    ("fees", "Fees paid", "money"),
-]
-GROUP_COLUMNS = [
-    ("round_trips", "trips", "int"),
-    ("win_rate", "win rate", "pct"),
-    ("pnl", "P&L", "money"),
-    ("profit_factor", "PF", "num"),
-    ("expectancy", "expectancy", "money"),
-    ("mean_r", "mean R", "num"),
-    ("avg_holding_s", "avg hold", "dur"),
-    ("fees", "fees", "money"),
-]
 
 
 def build_report(
@@ -283,10 +243,14 @@ def build_report(
     notes: Iterable[str] = (),
     periods_per_year: int = M.PERIODS_PER_YEAR,
     equity_source: str = "given",
+    prices: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    batch_id: str = "",
+    env: str = "",
 ) -> Report:
     """Match the fills into round trips and measure everything.
 
-    Without `equity_ts`/`equity` the curve is rebuilt from the fills (fill-marked).
+    Without `equity_ts`/`equity` the curve is rebuilt from the fills (fill-marked). `prices`
+    (symbol -> (ts ns, price)) are for the page's price charts only.
     """
     fills = sorted(fills, key=lambda f: f.ts)
     notes = list(notes)
@@ -331,7 +295,23 @@ def build_report(
         fills=fills,
         equity_source=source,
         notes=notes,
+        prices=dict(prices or {}),
+        batch_id=batch_id,
+        env=env,
     )
+
+
+def closes_of(history: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """symbol -> (bar end ns, close) from bar histories (liu.features.BarHistory: bars stamped at their
+    start), e.g. a backtest runner's `features.history`, for `build_report(prices=...)`."""
+    from liu.analysis.timeaxis import bar_step
+
+    out = {}
+    for sym, h in history.items():
+        ts = np.asarray(h.column("ts"), dtype=np.int64)
+        if ts.size:
+            out[sym] = (ts + bar_step(ts), np.array(h.column("close"), dtype=np.float64))
+    return out
 
 
 # ---------------------------------------------------------------- helpers
@@ -347,20 +327,6 @@ def trips_frame(trips: Sequence[RoundTrip]) -> pd.DataFrame:
     return df
 
 
-def _decimate(values: np.ndarray, max_points: int) -> np.ndarray:
-    """Indices to plot: all, or the first, last, min and max of each bucket."""
-    n = len(values)
-    if n <= max_points:
-        return np.arange(n)
-    edges = np.linspace(0, n, max_points // 2 + 1, dtype=np.int64)
-    keep = [0, n - 1]
-    for a, b in zip(edges[:-1], edges[1:], strict=True):
-        if b > a:
-            seg = values[a:b]
-            keep += [a + int(np.argmin(seg)), a + int(np.argmax(seg))]
-    return np.unique(keep)
-
-
 def _json_safe(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _json_safe(v) for k, v in value.items()}
@@ -371,31 +337,3 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _fmt(value: Any, kind: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if isinstance(value, float) and math.isinf(value):
-        return "∞" if value > 0 else "-∞"
-    if kind == "pct":
-        return f"{value * 100:.2f} %"
-    if kind == "money":
-        return f"{value:,.2f}"
-    if kind == "int":
-        return f"{int(value):,}"
-    if kind == "dur":
-        return _duration(float(value))
-    return f"{value:.2f}"
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    minutes = seconds / 60
-    if minutes < 60:
-        return f"{minutes:.0f}m"
-    hours = minutes / 60
-    if hours < 48:
-        return f"{int(hours)}h{int(minutes % 60):02d}m"
-    return f"{hours / 24:.1f}d"

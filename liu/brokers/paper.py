@@ -47,7 +47,8 @@ Fill model
 - **Time in force**: `day` orders expire at 16:00 New York time of the day
   they were placed, or of the next day when placed in or after the day's last
   minute (and at the session's end); `gtc` rests until filled or
-  cancelled, but no order outlives the session of an in-process broker;
+  cancelled, and at the session's end is cancelled, unless the account
+  persists (`persist`): then it stays open and the next session `restore`s it;
   `ioc` fills what the next event offers and cancels the rest; `fok` fills in
   full on the next event or is cancelled, never partially.
 - Fees are `fee_per_share * qty + fee_bps` of the notional, per fill.
@@ -148,8 +149,10 @@ class PaperBroker:
         slippage_bps: float = 0.0,
         not_shortable: Iterable[str] = (),
         max_participation: float | None = None,
+        persist: bool = False,
     ) -> None:
         self.account = account
+        self.persist = persist  # the account lives across sessions: gtc orders outlive this one
         self.fee_per_share = fee_per_share
         self.fee_bps = fee_bps
         self.slip = slippage_bps / 1e4
@@ -417,11 +420,56 @@ class PaperBroker:
         return out
 
     def end_session(self, ts: int) -> list[Update]:
-        """The session ends: day orders expire, and the rest are cancelled (none outlives this broker)."""
+        """The session ends: day orders expire, and the rest are cancelled (gtc orders of a persisted
+        account stay open for the next session)."""
         out = self._expire(_NEVER - 1, ts)
         for w in list(self._open.values()):
+            if self.persist and w.order.tif == "gtc":
+                continue
             if w.order.client_order_id in self._open:  # a held leg may have gone with its entry
                 out += self._close(w, "cancelled", "session ended", ts)
+        return out
+
+    def restore(
+        self,
+        positions: dict[tuple[str, str], Position],
+        orders: list[Order],
+        prices: dict[str, float],
+        ts: int,
+    ) -> list[Update]:
+        """Continue a persisted account (`liu.store.account_state`): its positions, then its open orders.
+
+        Shorts hold their proceeds and margin again, and each order reserves cash as it did when placed
+        (a part-filled one for its whole quantity: the excess is released when it ends). `orders` come
+        entries first; a held leg waits for its entry again. An order that cannot be restored (no price
+        known for a market or trailing order, not enough cash, its entry missing) is cancelled with the
+        reason, which the returned updates carry.
+        """
+        for key, pos in positions.items():
+            self._positions[key] = pos
+            if pos.qty < 0:
+                self.account.apply(0.0, -2 * pos.qty * pos.avg_price)
+        out: list[Update] = []
+        for order in orders:
+            last = prices.get(order.symbol) or self.position(order.strategy, order.symbol).avg_price or None
+            w = _Working(order, last=last)
+            if order.tif == "day":
+                w.expires = self._day_close(order.submitted_ts)
+                self._next_expiry = min(self._next_expiry, w.expires)
+            if order.status == "held":
+                entry = self._open.get(order.parent_id)
+                reason = None if entry is not None else f"entry {order.parent_id} not restored"
+            else:
+                reason = self._invalid(order, last) or self._reserve(w, last)
+            if reason is not None:
+                order.status, order.reason, order.updated_ts = "cancelled", f"not restored: {reason}", ts
+                out.append(OrderUpdate("cancelled", snapshot(order), ts))
+                continue
+            if order.type == "trailing_stop":
+                w.best = last  # type: ignore[assignment]
+            self._open[order.client_order_id] = w
+            if order.status != "held":
+                self._working.setdefault(order.symbol, []).append(w)
         return out
 
     def _close(self, w: _Working, status: str, reason: str, ts: int) -> list[Update]:
@@ -447,6 +495,46 @@ class PaperBroker:
                 if lw is not None and lw.order.status == "held":
                     out += self._close(lw, status, f"entry {order.client_order_id} {status}", ts)
         return out
+
+    # -- corporate actions (data replayed raw; see liu.corporate) -----------
+    def split(self, symbol: str, ratio: float, ts: int) -> list[Update]:
+        """A `ratio`-for-1 split of `symbol` takes effect: positions hold `ratio` x the shares at
+        1/`ratio` of the price, and open orders are resized and repriced the same way (FINRA Rule 5330),
+        so a position's value, its P&L and what each order holds in cash do not change."""
+        for (_, sym), pos in self._positions.items():
+            if sym == symbol and pos.qty:
+                pos.qty *= ratio
+                pos.avg_price /= ratio
+        out: list[Update] = []
+        note = f"split {ratio:g}-for-1: quantity and prices adjusted"
+        for w in self._open.values():
+            order = w.order
+            if order.symbol != symbol:
+                continue
+            order.qty *= ratio
+            order.filled_qty *= ratio
+            order.avg_fill_price /= ratio
+            for name in ("limit_price", "trigger_price", "trail_price", "stop", "target"):
+                value = getattr(order, name)
+                if value is not None:
+                    setattr(order, name, value / ratio)
+            w.per_unit /= ratio  # the same cash per order: `reserved` stays as it is
+            w.best /= ratio
+            if w.last is not None:
+                w.last /= ratio
+            order.reason, order.updated_ts = note, ts
+            out.append(OrderUpdate(order.status, replace(order), ts))
+        return out
+
+    def dividend(self, symbol: str, amount: float, ts: int) -> list[Update]:
+        """A cash dividend of `amount` per share goes ex: longs are paid it, shorts pay it (the price
+        drops by about as much, so equity does not jump); it counts in the position's realised P&L."""
+        for (_, sym), pos in self._positions.items():
+            if sym == symbol and pos.qty:
+                cash = pos.qty * amount
+                self.account.apply(cash, 0.0)
+                pos.realized += cash
+        return []
 
     # -- market data ----------------------------------------------------
     def on_trade(self, symbol: str, ts: int, price: float, size: float) -> list[Update] | None:

@@ -12,6 +12,8 @@ A feed yields frames paced by a `liu.clock.Clock`:
 Feeds:
 * `liu.sources.sim.SimFeed`: seeded synthetic trades / quotes / bars, endless.
 * `liu.sources.replay.ReplayFeed`: recorded data files, finite.
+
+`feed_history` gives a feed's past as the local exchange serves it over REST (historical bars).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from zoneinfo import ZoneInfo
 from liu.clock import NS, Clock
 from liu.errors import ConfigError
 from liu.plan import TradePlan
+from liu.sources.exchange.calendar import MarketCalendar
+from liu.sources.exchange.history import FileHistory, History, LiveBook, StitchedHistory
 from liu.sources.protocol import Encoded
 
 NY = ZoneInfo("America/New_York")
@@ -46,7 +50,7 @@ class Feed(Protocol):
 
 
 SIM_KEYS = ("symbols", "rate", "seed", "batch", "kinds", "preencoded", "prebuilt_frames")
-REPLAY_KEYS = ("path", "symbols", "start", "end", "speed", "batch", "format")
+REPLAY_KEYS = ("path", "symbols", "start", "end", "speed", "batch", "format", "adjustment")
 
 
 def make_feed(config: dict[str, Any]) -> Feed:
@@ -66,6 +70,20 @@ def make_feed(config: dict[str, Any]) -> Feed:
     raise ValueError(f"unknown feed kind {kind!r} (expected 'sim' or 'replay')")
 
 
+def feed_history(feed: Feed, calendar: MarketCalendar, epoch_ns: int, book: LiveBook) -> History:
+    """The bars REST serves for `feed`: a replay's file; the simulator's generated past up to `epoch_ns`
+    followed by what `book` records of the stream; for any other feed, the stream alone."""
+    from liu.sources.sim import SimFeed
+
+    if isinstance(feed, SimFeed):
+        return StitchedHistory(feed.history(calendar, epoch_ns), book, epoch_ns)
+    path, fmt = getattr(feed, "path", None), getattr(feed, "format", None)
+    if path is not None and feed.finite:  # a replay: its file is the history
+        streamed = getattr(feed, "adjustment", "raw")
+        return FileHistory(path, symbols=sorted(feed.universe()), format=fmt, streamed=streamed)
+    return book
+
+
 def sim_epoch(plan: TradePlan) -> int:
     """Market time the simulator starts at: today's `market_open` in New York."""
     hh, mm = (int(x) for x in plan.session.market_open.split(":"))
@@ -80,6 +98,7 @@ def feed_config(plan: TradePlan, key: str = "", secret: str = "") -> dict[str, A
     if src.kind == "sim":
         return base | {
             "kind": "sim",
+            "epoch_ns": sim_epoch(plan),
             "symbols": src.symbols,
             "rate": src.rate,
             "seed": src.seed,
@@ -98,4 +117,5 @@ def feed_config(plan: TradePlan, key: str = "", secret: str = "") -> dict[str, A
         "start": src.start,
         "end": src.end,
         "speed": speed,
+        "adjustment": src.adjustment,
     }

@@ -15,7 +15,8 @@ from typing import Any
 
 import msgpack
 
-from liu.events import BAR, MALFORMED, QUOTE, TRADE
+from liu.events import BAR, MALFORMED, QUOTE, TRADE, TRADE_NO_LAST
+from liu.ticks import no_last
 
 Timestamp = msgpack.Timestamp
 
@@ -144,7 +145,9 @@ def wire_event(m: Any, recv: int) -> tuple | None:
     """One received message → its wire tuple (see `liu.events`), stamped with receive time `recv` (ns).
 
     The producer and the backtester both decode with this, so they agree on every message:
-    * a trade, quote or bar with a string symbol → its TRADE / QUOTE / BAR tuple;
+    * a trade, quote or bar with a string symbol → its TRADE / QUOTE / BAR tuple; a trade whose sale
+      conditions (`c`, on tape `z`) say it does not update the last price → TRADE_NO_LAST, shaped
+      like TRADE (the bad-tick filter drops it, `liu.ticks`);
     * one with a string symbol but a missing or bad field → `(MALFORMED, symbol, 0, reason, recv)`,
       so the consumer that owns the symbol counts it;
     * anything without a string symbol to route by (not a map, no "S", a list or number as "S")
@@ -159,7 +162,9 @@ def wire_event(m: Any, recv: int) -> tuple | None:
             sym, t = m["S"], m["t"]
             if t.__class__ is not int or sym.__class__ is not str:
                 raise _bad_key(sym, t)
-            return (TRADE, sym, t, float(m["p"]), float(m["s"]), recv)
+            c = m.get("c")
+            kind_ = TRADE_NO_LAST if c and no_last(c, m.get("z")) else TRADE
+            return (kind_, sym, t, float(m["p"]), float(m["s"]), recv)
         if kind == "q":
             sym, t = m["S"], m["t"]
             if t.__class__ is not int or sym.__class__ is not str:

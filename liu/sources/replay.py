@@ -27,8 +27,16 @@ format             columns that identify it                    messages
                                                                them); t = 00:00 New York.
 =================  ==========================================  ============================
 
-Prices are raw (not split or dividend adjusted), like Alpaca's stream. `vw`
-on bars is (o + h + l + c) / 4 and `n` is 0: the files have neither.
+Prices are split and dividend adjusted by default (`adjustment="all"`), from the
+file's own factors (`liu.sources.adjust`), normalised so each symbol's last price
+is as traded: a split inside the data does not jump. `adjustment="raw"` replays
+them as recorded, like Alpaca's stream, and `actions()` then lists the splits
+and dividends the runner applies at their ex-dates (`liu.corporate`). `vw` on
+bars is (o + h + l + c) / 4 and `n` is 0: the files have neither.
+
+Trade ticks carry Alpaca's condition codes in `c`: the Lean files' hexadecimal
+condition flags are translated (average price "B", out of sequence "Z", odd lot
+"I", ...), so the bad-tick filter (`liu.ticks`) treats a replay as it treats Alpaca.
 
 Messages carry their own data time in `t`. An event is sent once
 `clock.now_ns() >= t`; all due events go out back to back, `batch` per frame,
@@ -47,7 +55,10 @@ import numpy as np
 import pandas as pd
 
 from liu.clock import Clock, ClockSpec
+from liu.corporate import CorporateAction
+from liu.plan import TradePlan
 from liu.sources import protocol as P
+from liu.sources.adjust import ADJUSTMENTS, adjustment_of, has_factors, latest_factors
 
 NY = "America/New_York"
 MINUTE_NS = 60_000_000_000
@@ -70,16 +81,28 @@ def detect_format(columns) -> str:
     raise ValueError(f"unrecognised market data columns: {sorted(cols)}")
 
 
-def _read(path: Path) -> pd.DataFrame:
-    name = path.name.lower()
-    if name.endswith((".parquet", ".pq")):
-        return pd.read_parquet(path)
-    head = pd.read_csv(path, nrows=0).columns
+def _parquet(path: Path) -> bool:
+    return path.name.lower().endswith((".parquet", ".pq"))
+
+
+def read_columns(path: Path) -> list[str]:
+    """The column names of a data file, without reading its rows."""
+    if _parquet(path):
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    return list(pd.read_csv(path, nrows=0).columns)
+
+
+def _read(path: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    if _parquet(path):
+        return pd.read_parquet(path, columns=columns)
+    head = read_columns(path)
     dtype: dict[str, Any] = {"symbol": "category"}
     for c in ("exchange", "condition"):
         if c in head:
             dtype[c] = "category"
-    return pd.read_csv(path, dtype=dtype)
+    return pd.read_csv(path, dtype=dtype, usecols=columns)
 
 
 def _to_ns(ts: pd.Series) -> np.ndarray:
@@ -120,7 +143,7 @@ def _bound(value, end: bool) -> int | None:
 def _floats(df: pd.DataFrame, col: str) -> np.ndarray:
     if col not in df:
         return np.full(len(df), np.nan)
-    return df[col].to_numpy(dtype="float64", na_value=np.nan)
+    return df[col].to_numpy(dtype="float64", na_value=np.nan, copy=True)  # writable: adjusted in place
 
 
 class ReplayFeed:
@@ -138,6 +161,9 @@ class ReplayFeed:
             As fast as possible still awaits each connection's send backpressure.
         batch: at most this many messages per frame.
         format: one of FORMATS; detected from the columns when None.
+        adjustment: "all" (default), "split", "dividend" or "raw": what to take out of the prices,
+            from the file's factors (see `liu.sources.adjust`); what is left raw is in `actions()`.
+        columns: read only these columns (None = all).
     """
 
     finite = True
@@ -151,12 +177,17 @@ class ReplayFeed:
         speed: float | None | Literal["clock"] = "clock",
         batch: int = 500,
         format: str | None = None,
+        adjustment: str = "all",
+        columns: list[str] | None = None,
     ) -> None:
+        if adjustment not in ADJUSTMENTS:
+            raise ValueError(f"adjustment {adjustment!r} must be one of {', '.join(ADJUSTMENTS)}")
         self.path = Path(path)
         self.speed = speed
         self.batch = batch
+        self.adjustment = adjustment
         self.events = 0
-        df = _read(self.path)
+        df = _read(self.path, columns)
         self.format = format or detect_format(df.columns)
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}")
@@ -168,6 +199,7 @@ class ReplayFeed:
                 susp = susp.astype(str).str.lower().eq("true")
             df = df[~susp.to_numpy()]
         ts = bar_times(df, self.format)
+        basis = latest_factors(df, ts) if adjustment != "raw" else None  # the file's end, not the window's
         lo, hi = bounds(start, end)
         keep = np.ones(len(ts), dtype=bool)
         if lo is not None:
@@ -188,7 +220,10 @@ class ReplayFeed:
         self._sym = sym.cat.codes.to_numpy(dtype=np.int32)
         self._ts = ts
         self._df_cols(df)
-        del df, sym, ts, keep
+        adj = adjustment_of(df, self.format, self._sym, self._names, ts, adjustment, basis)
+        self._adjust(adj.price, adj.volume)
+        self._actions = adj.actions
+        del df, sym, ts, keep, adj
         self._build_events()
         self._universe = self._make_universe()
         del self._ts  # the sorted event times are kept in _ev_ts
@@ -212,7 +247,8 @@ class ReplayFeed:
             self._p = _floats(df, "price")
             self._s = _floats(df, "size")
             self._x_cat, self._x = _codes(df, "exchange")
-            self._cond_cat, self._cond = _codes(df, "condition")
+            cond_cat, self._cond = _codes(df, "condition")
+            self._cond_lists = alpaca_conditions(cond_cat)
         else:  # quote_ticks
             self._bp = _floats(df, "bid")
             self._bs = _floats(df, "bid_size")
@@ -220,6 +256,24 @@ class ReplayFeed:
             self._as = _floats(df, "ask_size")
             self._x_cat, self._x = _codes(df, "exchange")
             self._day = _ny_day(self._ts)
+
+    def _adjust(self, price: np.ndarray | None, volume: np.ndarray | None) -> None:
+        """Multiply prices and sizes by the adjustment's per-row factors (in place)."""
+        if price is None or volume is None:
+            return
+        f = self.format
+        if f in ("lean_minute", "minute_end", "daily"):
+            prices, sizes = ("_o", "_h", "_l", "_c", "_bp", "_ap"), ("_v", "_bs", "_as")
+        elif f == "trade_ticks":
+            prices, sizes = ("_p",), ("_s",)
+        else:
+            prices, sizes = ("_bp", "_ap"), ("_bs", "_as")
+        for name in prices:
+            column = getattr(self, name)
+            column *= price
+        for name in sizes:
+            column = getattr(self, name)
+            column *= volume
 
     def _build_events(self) -> None:
         """Sorted event arrays: time, kind, row. Bars before quotes at equal times."""
@@ -290,6 +344,10 @@ class ReplayFeed:
 
     def universe(self) -> dict[str, dict]:
         return self._universe
+
+    def actions(self) -> list[CorporateAction]:
+        """The splits and dividends `adjustment` left in the prices, in time order (none for "all")."""
+        return list(self._actions)
 
     def first_ts(self) -> int | None:
         """Data time of the first event (quote ticks: of the first row)."""
@@ -390,7 +448,7 @@ class ReplayFeed:
         s = self._s[rows].tolist()
         ids = (rows + 1).tolist()  # i = 1-based row number (after filtering)
         xc, xs = self._x_cat, self._x[rows].tolist()
-        cc, cs = self._cond_cat, self._cond[rows].tolist()
+        cc, cs = self._cond_lists, self._cond[rows].tolist()
         ts_ = P.Timestamp.from_unix_nano
         return [
             {
@@ -401,7 +459,7 @@ class ReplayFeed:
                 "p": p[k],
                 "s": s[k],
                 "t": ts_(tss[k]),
-                "c": [cc[cs[k]]] if cs[k] >= 0 else [],
+                "c": cc[cs[k]] if cs[k] >= 0 else [],
                 "z": "A",
             }
             for k in range(len(tss))
@@ -453,6 +511,39 @@ class ReplayFeed:
         return out
 
 
+def file_actions(
+    path: str | Path, symbols: Any = None, start: Any = None, end: Any = None, adjustment: str = "all"
+) -> list[CorporateAction]:
+    """The corporate actions a replay of `path` leaves to the runner (see `ReplayFeed.actions`),
+    reading only the columns they need: the daemon's consumers get them without loading the whole file."""
+    if adjustment == "all":
+        return []
+    head = read_columns(Path(path))
+    if not has_factors(head):
+        return []
+    keep = {
+        "symbol", "timestamp", "date", "close", "bid_close", "ask_close", "bid", "ask", "price",
+        "split_factor", "price_factor", "adjusted_close", "split_coefficient", "dividend_amount",
+    }  # fmt: skip
+    feed = ReplayFeed(
+        path,
+        symbols=symbols,
+        start=start,
+        end=end,
+        adjustment=adjustment,
+        columns=[c for c in head if c in keep],
+    )
+    return feed.actions()
+
+
+def plan_actions(plan: TradePlan) -> tuple[CorporateAction, ...]:
+    """The corporate actions the plan's replay leaves raw (the daemon hands them to every consumer)."""
+    src = plan.source
+    if src.kind != "replay" or src.adjustment == "all" or not src.path:
+        return ()
+    return tuple(file_actions(plan.path(src.path), src.symbol_list, src.start, src.end, src.adjustment))
+
+
 def _release_memory() -> None:
     """Hand memory freed by parsing (arrow pool, malloc arenas) back to the OS."""
     try:
@@ -467,6 +558,36 @@ def _release_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except Exception:
         pass
+
+
+# Lean's TradeConditionFlags bits (QuantConnect.Data.Auxiliary) → the CTS sale condition code Alpaca sends
+# for it on tapes A and B; bits without a code of their own (stopped, bunched, CAP election,
+# trade-through exempt, undocumented) are left out.
+_LEAN_CONDITIONS = {
+    0: "@", 1: "C", 2: "N", 3: "R", 4: "Y", 5: "F", 6: "O", 7: "6", 8: "5", 9: "4", 10: "T", 11: "L",
+    13: "T", 14: "Z", 15: "S", 16: "A", 18: "V", 19: "D", 20: "B", 21: "X", 22: "H", 23: "K", 24: "M",
+    25: "P", 26: "Q", 28: "E", 31: "I",
+}  # fmt: skip
+
+
+def alpaca_conditions(values: list[str]) -> list[list[str]]:
+    """Each recorded condition value as Alpaca's list of condition codes.
+
+    Lean's hexadecimal flag strings are translated bit by bit (a print with none of the coded bits is
+    a regular "@"); any other value (a file recorded from Alpaca) is passed on as one code.
+    """
+    try:
+        flags = [int(v, 16) for v in values]
+    except ValueError:
+        return [[v] for v in values]
+    out = []
+    for f in flags:
+        codes: list[str] = []
+        for bit, code in _LEAN_CONDITIONS.items():
+            if f >> bit & 1 and code not in codes:
+                codes.append(code)
+        out.append(codes or ["@"])
+    return out
 
 
 def _codes(df: pd.DataFrame, col: str) -> tuple[list[str], np.ndarray]:

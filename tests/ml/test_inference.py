@@ -1,22 +1,23 @@
-"""Live scoring: ONNX in the runner equals scikit-learn, bad model files are refused, predictions are stored."""
+"""Live scoring: ONNX in the runner equals scikit-learn, bad model files are refused, predictions are stored.
+
+On synthetic bars: none of this needs recorded market data.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 
 import asyncpg
 import numpy as np
-import pandas as pd
 import pytest
 from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
 from liu.brokers.account import Account
 from liu.engine import build_runner
-from liu.events import BAR
-from liu.ml.export import to_onnx
 from liu.ml.inference import (
     ModelFileError,
     ModelScorer,
@@ -26,142 +27,20 @@ from liu.ml.inference import (
     load_plan_models,
     scorer_of,
 )
-from liu.ml.labels import make_labels
 from liu.ml.pipeline import FeaturePipeline
 from liu.ml.predictions import PredictionWriter
-from liu.ml.registry import Registry
+from liu.ml.registry import CHANNEL, Registry
 from liu.ml.spec import load_spec
-from liu.plan import parse_plan
-from liu.testing import sample_data
-
-SPEC = """
-name = "{name}"
-[[features]]
-name = "sma_5"
-function = "SMA"
-params = {{ timeperiod = 5 }}
-[[features]]
-name = "rsi_7"
-function = "RSI"
-params = {{ timeperiod = 7 }}
-[[features]]
-name = "close_vs_sma"
-kind = "ratio"
-of = ["close", "sma_5"]
-[[features]]
-name = "ret_3"
-kind = "pct_change"
-of = ["close"]
-n = 3
-[label]
-horizon = 3
-up = 0.0
-classes = 2
-[estimator]
-class = "sklearn.ensemble.GradientBoostingClassifier"
-params = {{ n_estimators = 20, max_depth = 2, random_state = 0 }}
-[data]
-symbols = ["SPY"]
-source = "{data}"
-[validation]
-folds = 2
-purge = 3
-embargo = 3
-[registry]
-dir = "registry"
-metric = "roc_auc"
-"""
-
-RECORDER = '''
-from liu.strategy import Strategy
-
-class Recorder(Strategy):
-    """Records what ctx.prediction says at each bar close (the outputs for that very bar)."""
-    seen = []
-
-    def on_bar(self, bar, ctx):
-        for name in ctx.models:
-            p = ctx.prediction(name, bar.symbol)
-            Recorder.seen.append((name, ctx.model_version(name), bar.symbol, bar.ts, None if p is None else p.copy()))
-        return None
-'''
-
-
-def minute_bars(symbols=("SPY",), n: int | None = None) -> dict[str, dict[str, np.ndarray]]:
-    """Real minute bars (trade columns present) per symbol, oldest first."""
-    df = pd.read_csv(sample_data("us_equity_minute_lean.csv.gz"))
-    df = df[df["symbol"].isin(symbols) & df["close"].notna()].copy()
-    df["ts"] = pd.to_datetime(df["timestamp"], utc=True, format="ISO8601").dt.as_unit("ns").astype("int64")
-    out = {}
-    for sym, g in df.sort_values("ts").groupby("symbol"):
-        g = g.iloc[:n] if n else g
-        out[sym] = {c: g[c].to_numpy(np.float64) for c in ("open", "high", "low", "close", "volume")}
-        out[sym]["ts"] = g["ts"].to_numpy(np.int64)
-    return out
-
-
-def wire(bars: dict[str, dict[str, np.ndarray]]) -> list[tuple]:
-    """Bar wire tuples of every symbol, in time order."""
-    rows = [
-        (BAR, sym, int(b["ts"][i]), b["open"][i], b["high"][i], b["low"][i], b["close"][i], b["volume"][i], 0)
-        for sym, b in bars.items()
-        for i in range(len(b["ts"]))
-    ]
-    return sorted(rows, key=lambda r: (r[2], r[1]))
-
-
-def write_spec(dir: Path, name: str = "tiny") -> Path:
-    data = sample_data("us_equity_minute_lean.csv.gz")
-    path = dir / f"{name}.toml"
-    path.write_text(SPEC.format(name=name, data=data))
-    return path
-
-
-def train(spec_path: Path, bars: dict, estimator=None, drop_feature: bool = False):
-    """(fitted estimator, ONNX bytes with liu metadata) on the spec's features of `bars`."""
-    spec = load_spec(spec_path)
-    pipe = FeaturePipeline(spec)
-    xs, ys = [], []
-    for b in bars.values():
-        values = pipe.batch_named(b)
-        x = pipe.batch(b)
-        y = make_labels(spec.label, values)
-        ok = ~np.isnan(x).any(axis=1) & ~np.isnan(y)
-        xs.append(x[ok])
-        ys.append(y[ok])
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    if drop_feature:
-        x = x[:, :-1]
-    est = (
-        estimator
-        if estimator is not None
-        else GradientBoostingClassifier(n_estimators=20, max_depth=2, random_state=0)
-    )
-    est.fit(x, y)
-    meta = {"liu.name": spec.name, "liu.feature_names": pipe.names, "liu.spec_hash": pipe.spec_hash}
-    return est, to_onnx(est, x.shape[1], meta)
-
-
-def place(spec_path: Path, version: int, data: bytes) -> Path:
-    """Put a model file where the registry keeps `version` (no database: for pinned versions)."""
-    spec = load_spec(spec_path)
-    path = Registry(spec.registry_root, None).path(spec.name, version)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
-def ml_plan(tmp_path: Path, spec_path: Path, version: int | None = 1, symbols=None):
-    (tmp_path / "recorder.py").write_text(RECORDER)
-    model = {"spec": str(spec_path)} | ({"version": version} if version else {})
-    return parse_plan(
-        {"strategies": [{"name": "rec", "file": "recorder.py", "class": "Recorder", "models": [model]}]},
-        base_dir=tmp_path,
-    )
-
-
-def recorder_seen(runner) -> list:
-    return type(runner.slots["rec"].strategy).seen
+from tests.ml.helpers import (
+    minute_bars,
+    ml_plan,
+    place,
+    recorder_seen,
+    synthetic_bars,
+    train,
+    wire,
+    write_spec,
+)
 
 
 @pytest.mark.parametrize(
@@ -174,7 +53,7 @@ def recorder_seen(runner) -> list:
 )
 async def test_runner_scores_like_sklearn_predict_proba(tmp_path, make_estimator):
     """Through plan → build_runner → bar hook → ctx.prediction: the estimator's own probabilities, to 1e-5."""
-    bars = minute_bars(("SPY", "IBM"), n=400)
+    bars = synthetic_bars(("SPY", "IBM"), n=400)
     spec_path = write_spec(tmp_path)
     est, onnx_bytes = train(spec_path, bars, make_estimator())
     place(spec_path, 1, onnx_bytes)
@@ -224,7 +103,7 @@ BAD = {
 
 @pytest.mark.parametrize("kind", list(BAD))
 def test_bad_model_file_is_refused_with_one_clear_error(tmp_path, kind):
-    bars = minute_bars(n=200)
+    bars = synthetic_bars(n=200)
     spec_path = write_spec(tmp_path)
     path = place(spec_path, 2, _bad_file(kind, spec_path, tmp_path, bars))
     pipe = FeaturePipeline(load_spec(spec_path))
@@ -239,7 +118,7 @@ def test_bad_model_file_is_refused_with_one_clear_error(tmp_path, kind):
 @pytest.mark.parametrize("kind", list(BAD))
 async def test_consumer_keeps_its_version_when_a_bad_one_is_promoted(tmp_path, pg_dsn, caplog, kind):
     """Serving v1; v2 (bad) promoted: refused, logged once, v1 keeps scoring; v3 (good) promoted: swapped in."""
-    bars = minute_bars(("SPY",), n=300)
+    bars = synthetic_bars(("SPY",), n=300)
     first = {s: {k: v[:150] for k, v in b.items()} for s, b in bars.items()}
     rest = {s: {k: v[150:] for k, v in b.items()} for s, b in bars.items()}
     spec_path = write_spec(tmp_path)
@@ -277,20 +156,29 @@ async def test_consumer_keeps_its_version_when_a_bad_one_is_promoted(tmp_path, p
         assert stats["scored"]["1"] + stats["warming"] == 300
 
         v3 = await reg.register(spec, good, {}, 0.4)
+        # The event the consumer waits for: the promotion's NOTIFY on the watcher's own LISTEN connection.
+        # This listener is added after the watcher's, so when it fires the watcher has seen it too.
+        promoted = asyncio.Event()
+
+        def on_notify(conn, pid, channel, payload) -> None:
+            if json.loads(payload) == {"name": "tiny", "serving": v3}:
+                promoted.set()
+
+        await watcher._conn.add_listener(CHANNEL, on_notify)
         await reg.promote("tiny", v3)
-        await asyncio.sleep(0)  # let the NOTIFY arrive; poll() then checks only that model
-        for _ in range(50):
-            await watcher.poll()
-            if scorer.models["tiny"].version == v3:
-                break
-            await asyncio.sleep(0.05)
+        try:
+            await asyncio.wait_for(promoted.wait(), 30)
+        except TimeoutError:
+            raise AssertionError("the promotion of version 3 was not NOTIFYed within 30s") from None
+        watcher._next_all = float("inf")  # no periodic recheck: the notification alone must do it
+        await watcher.poll()
         assert scorer.models["tiny"].version == v3
     finally:
         await watcher.close()
 
 
 async def test_predictions_are_written_in_batches_and_kept_while_the_database_is_down(tmp_path, pg_dsn):
-    bars = minute_bars(("SPY", "BAC"), n=120)
+    bars = synthetic_bars(("SPY", "BAC"), n=120)
     spec_path = write_spec(tmp_path)
     _, onnx_bytes = train(spec_path, bars)
     place(spec_path, 1, onnx_bytes)
@@ -323,7 +211,7 @@ async def test_predictions_are_written_in_batches_and_kept_while_the_database_is
 
 
 async def test_scorer_runs_only_for_strategies_that_trade_the_symbol(tmp_path):
-    bars = minute_bars(("SPY", "AIG"), n=60)
+    bars = synthetic_bars(("SPY", "AIG"), n=60)
     spec_path = write_spec(tmp_path)
     _, onnx_bytes = train(spec_path, bars)
     place(spec_path, 1, onnx_bytes)
@@ -347,7 +235,7 @@ def test_unpinned_model_without_a_database_names_the_fix(tmp_path):
 
 def test_scorer_alone_with_a_list_sink(tmp_path):
     """ModelScorer without a runner (routes=None scores every bar) — the benchmark's set-up."""
-    bars = minute_bars(n=80)
+    bars = synthetic_bars(n=80)
     spec_path = write_spec(tmp_path)
     est, onnx_bytes = train(spec_path, bars)
     pipe = FeaturePipeline(load_spec(spec_path))
@@ -375,11 +263,12 @@ def test_scorer_alone_with_a_list_sink(tmp_path):
     np.testing.assert_allclose(np.array([r[4] for r in sink]), est.predict_proba(x[valid]), atol=1e-5)
 
 
+# Older imports of these helpers from this module (they live in tests/ml/helpers.py now).
 __all__ = ["attach_models", "minute_bars", "ml_plan", "place", "train", "wire", "write_spec"]
 
 
 def test_a_nan_bar_restarts_the_symbols_features_instead_of_stopping_the_consumer(tmp_path, caplog):
-    bars = minute_bars(n=120)
+    bars = synthetic_bars(n=120)
     spec_path = write_spec(tmp_path)
     _, onnx_bytes = train(spec_path, bars)
     pipe = FeaturePipeline(load_spec(spec_path))

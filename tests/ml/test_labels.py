@@ -39,14 +39,14 @@ def test_cross_within_horizon_by_hand() -> None:
 
 
 @pytest.mark.parametrize(
-    "label",
+    ("label", "rising", "falling"),
     [
-        LabelSpec(horizon=5, up=0.001, down=-0.001, classes=3),
-        LabelSpec(horizon=3, classes=0),
-        LabelSpec(kind="cross", horizon=4, fast="close", slow="open", classes=2),
+        (LabelSpec(horizon=5, up=0.001, down=-0.001, classes=3), 1, -1),
+        (LabelSpec(horizon=3, classes=0), pytest.approx(0.1), pytest.approx(-0.1)),
+        (LabelSpec(kind="cross", horizon=4, fast="close", slow="open", classes=2), 1, 0),
     ],
 )
-def test_labels_use_only_the_next_horizon_bars(label: LabelSpec) -> None:
+def test_labels_use_only_the_next_horizon_bars(label: LabelSpec, rising, falling) -> None:
     rng = np.random.default_rng(2)
     close = 100 * np.exp(np.cumsum(rng.normal(0, 0.002, 300)))
     open_ = np.concatenate([[100.0], close[:-1]])
@@ -62,7 +62,14 @@ def test_labels_use_only_the_next_horizon_bars(label: LabelSpec) -> None:
     past["close"][: t - 1] *= 1.5  # the past of row t does not matter either
     past["open"][: t - 1] *= 0.5
     assert np.array_equal(make_labels(label, past)[t:], base[t:], equal_nan=True)
-    near = {"close": close.copy(), "open": open_.copy()}
-    near["close"][t + 1 : t + h + 1] = close[t] * np.array([1.1, 0.9] * h)[:h]  # inside the window: it moves
-    near["open"][t + 1 : t + h + 1] = close[t] * np.array([0.9, 1.1] * h)[:h]
-    assert make_labels(label, near)[t] != base[t] or label.kind == "cross"
+    # Inside the window the label follows the bars: two futures for row t, each with a known label.
+    # Rising: close dips below open at t+1 and ends 10% up, above open (a cross above at t+2).
+    # Falling: close stays 10% down, below open, for the whole window (no cross above).
+    up, down = {"close": close.copy(), "open": open_.copy()}, {"close": close.copy(), "open": open_.copy()}
+    window = slice(t + 1, t + h + 1)
+    up["open"][window] = down["open"][window] = close[t]
+    up["close"][window] = close[t] * 1.1
+    up["close"][t + 1] = close[t] * 0.9
+    down["close"][window] = close[t] * 0.9
+    assert make_labels(label, up)[t] == rising
+    assert make_labels(label, down)[t] == falling

@@ -222,9 +222,18 @@ def test_talib_input_that_starts_late_keeps_warming_after_the_lookback() -> None
 
 
 def test_rows_are_fresh_arrays() -> None:
+    """A row a consumer keeps (e.g. as ctx.prediction's input) is not overwritten by later updates."""
     pipe = FeaturePipeline(_spec(ALL_KINDS[:3]))
     st = pipe.stream()
-    rows = [st.update(*b[3:8]) for b in make_bars("F", 60, seed=2)]
-    kept = rows[-2].copy()
-    assert rows[-2] is not rows[-1] and not np.array_equal(rows[-2], rows[-1])
-    assert np.array_equal(rows[-2], kept)  # the next update did not overwrite it
+    rows, copies = [], []
+    for b in make_bars("F", 60, seed=2):
+        row = st.update(*b[3:8])
+        rows.append(row)
+        copies.append(None if row is None else row.copy())  # its values when it was returned
+    kept = [(row, copy) for row, copy in zip(rows, copies, strict=True) if row is not None]
+    assert len(kept) == 60 - pipe.lookback
+    arrays = [row for row, _ in kept]
+    assert len({id(a) for a in arrays}) == len(arrays)  # a new array each time, with new values
+    assert not any(np.array_equal(a, b) for a, b in zip(arrays[:-1], arrays[1:], strict=True))
+    for i, (row, copy) in enumerate(kept):
+        assert np.array_equal(row, copy), f"row {i} changed after later updates"

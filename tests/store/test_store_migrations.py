@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, datetime
 
@@ -9,11 +10,13 @@ import asyncpg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from liu.errors import DatabaseError
 from liu.store import downgrade, upgrade, upgrade_async
+from liu.store.db import MIGRATIONS_DIR
 from liu.store.schema import metadata
 
 pytestmark = pytest.mark.db
@@ -175,8 +178,26 @@ async def test_downgrade_base_then_upgrade_head(pg_dsn: str) -> None:
     await upgrade_async(pg_dsn)  # already at head: a no-op
 
 
+async def _version(dsn: str) -> str | None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval("SELECT version_num FROM alembic_version")
+    finally:
+        await conn.close()
+
+
 def test_upgrade_from_sync_code(pg_dsn: str) -> None:
+    """Plain sync code (no event loop anywhere, as in `trader db upgrade`): base, one step, then head."""
+    head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    downgrade(pg_dsn, "base")
+    assert asyncio.run(_tables(pg_dsn)) == {"alembic_version"}
+    assert asyncio.run(_version(pg_dsn)) is None
+    upgrade(pg_dsn, "0001")
+    assert asyncio.run(_version(pg_dsn)) == "0001"
+    assert "models" not in asyncio.run(_tables(pg_dsn))  # 0002's table is not there yet
     upgrade(pg_dsn)
+    assert asyncio.run(_version(pg_dsn)) == head
+    assert set(metadata.tables) <= asyncio.run(_tables(pg_dsn))
 
 
 def test_upgrade_unreachable_raises_database_error() -> None:

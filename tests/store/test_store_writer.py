@@ -14,6 +14,7 @@ import pytest
 from liu.events import Fill, Order
 from liu.store import EmbeddedPostgres, TradeWriter, create_runs, upgrade
 from liu.store.writer import ns_to_datetime
+from tests.helpers import eventually_async
 
 pytestmark = pytest.mark.db
 
@@ -187,11 +188,20 @@ async def test_background_flush_without_explicit_flush(pg_dsn: str) -> None:
     w = await TradeWriter.open(pg_dsn, "b1", {}, flush_interval=0.05)
     w.add_order(_order(1))
     w.add_fill(_fill(1))
-    for _ in range(100):
-        if w.fills_written:
-            break
-        await asyncio.sleep(0.02)
-    assert (w.orders_written, w.fills_written) == (1, 1)
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+
+        async def in_database() -> bool:
+            return (
+                await conn.fetchval("SELECT (SELECT count(*) FROM orders) + (SELECT count(*) FROM trades)")
+                == 2
+            )
+
+        # The event itself: both rows in PostgreSQL, put there by the flusher alone (no flush() called).
+        await eventually_async(in_database, 30, "the background flusher writing the order and its fill")
+    finally:
+        await conn.close()
+    assert (w.orders_written, w.fills_written, w.pending) == (1, 1, 0)
     await w.close()
 
 

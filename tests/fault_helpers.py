@@ -1,0 +1,170 @@
+"""Helpers for the fault tests (tests/test_faults_*.py): trading strategies to run under faults, `trader` as a
+process whose output goes to files, the embedded PostgreSQL's pid and DSN, and small database reads."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+import asyncpg
+import psutil
+
+from tests.helpers import kill_tree, trader_command
+
+CHURN = '''
+from liu.strategy import Strategy
+
+
+class Churn(Strategy):
+    """Heavy trading: on every bar of every symbol, buy 1-3 shares when flat, else sell what is held."""
+
+    def on_bar(self, bar, ctx):
+        held = ctx.position(bar.symbol)
+        if held > 0:
+            return [ctx.sell(bar.symbol, held)]
+        return [ctx.buy(bar.symbol, 1 + int(bar.close) % 3)]
+'''
+
+HOLD = '''
+from liu.strategy import Strategy
+
+
+class Hold(Strategy):
+    """Buys 3 shares of each symbol once, then offers them far above the market, good till cancelled."""
+
+    def on_bar(self, bar, ctx):
+        if not ctx.position(bar.symbol) and not ctx.open_orders(bar.symbol):
+            return [ctx.buy(bar.symbol, 3)]
+        return None
+
+    def on_fill(self, fill, ctx):
+        if fill.side == "buy":
+            return [ctx.sell(fill.symbol, fill.qty, limit=round(fill.price * 50, 2), tif="gtc")]
+        return None
+'''
+
+
+def plan_text(
+    tmp_path: Path,
+    code: str,
+    cls: str,
+    duration: str,
+    dsn: str | None = None,
+    rate: int = 3000,
+    symbols: int = 30,
+) -> str:
+    """A tradeplan on the simulator with one strategy (`code`, class `cls`), two consumers, the embedded
+    database in `tmp_path/.liu/pgdata` unless `dsn` is given."""
+    name = cls.lower()
+    (tmp_path / f"{name}.py").write_text(code)
+    database = f'[database]\ndsn = "{dsn}"\n' if dsn else ""
+    return f"""
+[session]
+duration = "{duration}"
+speed = 600
+[source]
+kind = "sim"
+symbols = {symbols}
+rate = {rate}
+[consumers]
+count = 2
+stale_after = "10m"
+[dashboard]
+enabled = false
+{database}
+[[strategies]]
+name = "{name}"
+file = "{tmp_path / f"{name}.py"}"
+class = "{cls}"
+"""
+
+
+def start_trader(tmp_path: Path, plan: str, tag: str) -> subprocess.Popen:
+    """`trader` on `plan` in `tmp_path`; its output goes to `{tag}.out`/`{tag}.err`, its summary to `{tag}.json`
+    (files, not pipes: a killed daemon's children may hold a pipe open)."""
+    (tmp_path / "tradeplan.toml").write_text(plan)
+    out = open(tmp_path / f"{tag}.out", "w")  # noqa: SIM115 - the child holds them
+    err = open(tmp_path / f"{tag}.err", "w")  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            trader_command(
+                "--plan", str(tmp_path / "tradeplan.toml"), "--summary-json", str(tmp_path / f"{tag}.json")
+            ),
+            stdout=out,
+            stderr=err,
+            cwd=tmp_path,
+        )
+    finally:
+        out.close()
+        err.close()
+
+
+def wait_trader(proc: subprocess.Popen, tmp_path: Path, tag: str, timeout: float = 180) -> int:
+    """Its exit code; at the deadline the whole tree is killed and the test fails with the log's tail."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        proc.wait()
+        log = (tmp_path / f"{tag}.err").read_text()
+        raise AssertionError(
+            f"trader did not finish within {timeout:g}s; its log ends:\n{log[-3000:]}"
+        ) from None
+
+
+def postmaster(pgdata: Path) -> int | None:
+    """The pid of the PostgreSQL serving `pgdata`, when one is running and ready."""
+    try:
+        lines = (pgdata / "postmaster.pid").read_text().splitlines()
+        pid = int(lines[0])
+        p = psutil.Process(pid)
+        alive = p.status() != psutil.STATUS_ZOMBIE
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return None
+    return pid if alive and lines[-1].strip() == "ready" else None
+
+
+def socket_dsn(pgdata: Path, database: str = "liu") -> str | None:
+    """The DSN of the embedded server on `pgdata` (its socket directory is in postmaster.pid)."""
+    try:
+        sock = (pgdata / "postmaster.pid").read_text().splitlines()[4].strip()
+    except (OSError, IndexError):
+        return None
+    return f"postgresql://postgres@/{database}?host={sock}"
+
+
+def fetch(dsn: str, sql: str, *args: object) -> list[asyncpg.Record]:
+    async def go() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(dsn, timeout=5)
+        try:
+            return await conn.fetch(sql, *args)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def count(dsn: str, sql: str, *args: object) -> int:
+    """A count, or -1 while the database does not answer (it is being killed or restarted)."""
+    try:
+        return fetch(dsn, sql, *args)[0][0]
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        return -1
+
+
+def fill_key(f: dict) -> tuple:
+    return (f["client_order_id"], f["symbol"], f["side"], float(f["qty"]), round(float(f["price"]), 6))
+
+
+def summary_fills(summary: dict) -> Counter:
+    """Every fill the paper brokers made, as the consumers reported them (a multiset)."""
+    return Counter(fill_key(f) for c in summary["consumers"] for f in c["fills"])
+
+
+def stored_fills(dsn: str, batch_id: str) -> Counter:
+    """Every fill row of the batch in the database (a multiset: a duplicate counts twice)."""
+    return Counter(
+        fill_key(dict(r)) for r in fetch(dsn, "SELECT * FROM trades WHERE batch_id = $1", batch_id)
+    )
