@@ -91,6 +91,8 @@ UPDATE orders o SET status = 'cancelled', reason = 'session crashed',
         'filled_avg_price', o.filled_avg_price, 'reason', 'session crashed'))
 WHERE o.batch_id = ANY($1::text[]) AND o.status = ANY($2::text[])
   AND NOT (o.tif = 'gtc' AND EXISTS (SELECT 1 FROM accounts a WHERE a.batch_id = o.batch_id AND a.persist))
+  -- an order sent to Alpaca lives on at the broker: the gateway's reconciliation restores or settles it
+  AND NOT EXISTS (SELECT 1 FROM broker_orders b WHERE b.client_order_id = o.client_order_id)
 """
 
 
