@@ -373,9 +373,13 @@ class Daemon:
             clock = Clock(spec)
             if self.dashboard is not None:
                 self.dashboard.sources.clock = clock
-            self.control.send(Start(spec))
-            if self.server_conn is not None:
-                self.server_conn.send(Start(spec))
+            for conn in (self.control, self.server_conn):
+                if conn is None:
+                    continue
+                try:
+                    conn.send(Start(spec))
+                except OSError:  # it exited already (say, a refused subscription): its own message says why
+                    log.info("clock not started in a child that has exited")
             log.info(
                 "clock started: data epoch %s, speed %s; %.2fs after spawning processes",
                 datetime.fromtimestamp(data0 / NS, NY).isoformat(),

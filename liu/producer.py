@@ -266,6 +266,7 @@ class Producer:
                     compression=None,
                     ping_interval=None,
                     open_timeout=5,
+                    close_timeout=1,  # a refused or failing server must not hold a fatal stop for 10 s
                     additional_headers={"Content-Type": "application/msgpack"},  # Alpaca: msgpack, not JSON
                 ) as ws:
                     await self._handshake(ws, link)
