@@ -83,7 +83,7 @@ def build_runner(
     if b.kind == "alpaca" and gateway is not None:
         from liu.brokers.alpaca.broker import AlpacaBroker
 
-        broker = AlpacaBroker(gateway.send, account)
+        broker = AlpacaBroker(gateway.send, account, (*b.not_shortable, *not_shortable))
     else:
         broker = PaperBroker(
             account,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -28,8 +28,11 @@ _STATE = ("status", "reason", "filled_qty", "avg_fill_price", "replaced_by", "le
 class AlpacaBroker:
     """The runner's view of the Alpaca account, fed by the gateway; `send` puts a message on the pipe."""
 
-    def __init__(self, send: Callable[[Any], None], account: Account | None = None) -> None:
+    def __init__(
+        self, send: Callable[[Any], None], account: Account | None = None, not_shortable: Iterable[str] = ()
+    ) -> None:
         self.send = send
+        self.not_shortable = frozenset(not_shortable)  # from Alpaca's asset list: refused before any request
         self.account = account  # the shared account: its cash follows Alpaca's (risk, ctx.account)
         cash = account.cash if account is not None else 0.0
         self._open: dict[str, Order] = {}
@@ -67,9 +70,22 @@ class AlpacaBroker:
         return len(self._open)
 
     # -- orders ---------------------------------------------------------------------------------
+    def _short_refused(self, order: Order) -> str | None:
+        """A sell that would open or grow a short in a symbol Alpaca's asset list marks not shortable."""
+        if order.side != "sell" or order.symbol not in self.not_shortable:
+            return None
+        held = self.position(order.strategy, order.symbol).qty - sum(
+            o.remaining
+            for o in self._open.values()
+            if o.strategy == order.strategy and o.symbol == order.symbol and o.side == "sell" and not o.leg
+        )
+        if order.qty <= held + 1e-9:
+            return None
+        return f"{order.symbol} is not shortable (Alpaca's asset list): sell {order.qty:g} with {max(held, 0):g} held"
+
     def submit(self, order: Order, last_price: float | None, ts: int) -> list[Update]:
         """Send the order to the gateway: `new` (in flight) now, Alpaca's answer later."""
-        reason = _invalid(order)
+        reason = _invalid(order) or self._short_refused(order)
         if reason is not None:
             order.status, order.reason, order.updated_ts = "rejected", reason, ts
             return [OrderUpdate("rejected", replace(order), ts)]
