@@ -43,6 +43,25 @@ class Position:
         return pnl
 
 
+class PositionBook:
+    """Positions per (strategy, symbol), kept the same way by every broker that keeps them itself."""
+
+    _positions: dict[tuple[str, str], Position]
+
+    def position(self, strategy: str, symbol: str) -> Position:
+        key = (strategy, symbol)
+        pos = self._positions.get(key)
+        if pos is None:
+            pos = self._positions[key] = Position()
+        return pos
+
+    def positions(self, strategy: str) -> dict[str, float]:
+        return {sym: p.qty for (st, sym), p in self._positions.items() if st == strategy and p.qty}
+
+    def all_positions(self) -> dict[tuple[str, str], Position]:
+        return self._positions
+
+
 Update = Fill | OrderUpdate  # what a broker reports: an order's status change or an execution
 
 

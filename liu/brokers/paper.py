@@ -70,7 +70,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from liu.brokers.account import Account
-from liu.brokers.base import Position, Update
+from liu.brokers.base import Position, PositionBook, Update
 from liu.events import ORDER_TYPES, TIFS, Fill, Order, OrderUpdate
 
 NY = ZoneInfo("America/New_York")
@@ -138,7 +138,7 @@ def _leg_rank(w: _Working) -> int:
     return 0 if not leg else (1 if leg == "stop_loss" else 2)
 
 
-class PaperBroker:
+class PaperBroker(PositionBook):
     """In-process broker on a (possibly shared) account; one per consumer process."""
 
     def __init__(
@@ -165,19 +165,6 @@ class PaperBroker:
         self._day_close = DayClose()
 
     # -- queries --------------------------------------------------------
-    def position(self, strategy: str, symbol: str) -> Position:
-        key = (strategy, symbol)
-        pos = self._positions.get(key)
-        if pos is None:
-            pos = self._positions[key] = Position()
-        return pos
-
-    def positions(self, strategy: str) -> dict[str, float]:
-        return {sym: p.qty for (st, sym), p in self._positions.items() if st == strategy and p.qty}
-
-    def all_positions(self) -> dict[tuple[str, str], Position]:
-        return self._positions
-
     def available_cash(self) -> float:
         return self.account.available()
 

@@ -18,14 +18,14 @@ from typing import Any
 from liu.brokers.account import Account
 from liu.brokers.alpaca import ids
 from liu.brokers.alpaca.wire import AccountState, Cancel, Replace, Restore, Submit, Updates
-from liu.brokers.base import Position, Update
+from liu.brokers.base import Position, PositionBook, Update
 from liu.events import FINAL_STATUSES, ORDER_TYPES, TIFS, Fill, Order, OrderUpdate
 
 log = logging.getLogger(__name__)
 _STATE = ("status", "reason", "filled_qty", "avg_fill_price", "replaced_by", "legs", "updated_ts")  # Alpaca's
 
 
-class AlpacaBroker:
+class AlpacaBroker(PositionBook):
     """The runner's view of the Alpaca account, fed by the gateway; `send` puts a message on the pipe."""
 
     def __init__(
@@ -43,19 +43,6 @@ class AlpacaBroker:
         self.account_ts = 0
 
     # -- queries --------------------------------------------------------------------------------
-    def position(self, strategy: str, symbol: str) -> Position:
-        key = (strategy, symbol)
-        pos = self._positions.get(key)
-        if pos is None:
-            pos = self._positions[key] = Position()
-        return pos
-
-    def positions(self, strategy: str) -> dict[str, float]:
-        return {sym: p.qty for (st, sym), p in self._positions.items() if st == strategy and p.qty}
-
-    def all_positions(self) -> dict[tuple[str, str], Position]:
-        return self._positions
-
     def available_cash(self) -> float:
         return self.buying_power
 
