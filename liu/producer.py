@@ -285,6 +285,8 @@ class Producer:
                 fatal = self._refusal(link, e)
                 if fatal is not None:
                     self._fatal = fatal
+                    # Say it now: draining the consumers' channels on the way out can take a while.
+                    self.notify(ProducerFailed(str(fatal)))
                     self._done.set()
                     break
                 self._down(link, f"{e.msg} ({e.code})")
@@ -563,8 +565,8 @@ def producer_main(
         watch_connection(control, on_control, loop)
         try:
             await producer.run()
-        except AuthError as e:
-            control.send(ProducerFailed(str(e)))
+        except AuthError:
+            pass  # reported (ProducerFailed) when the server refused us
         control.send(ProducerStopped(tuple(producer.gaps)))
 
     uvloop.run(main())
