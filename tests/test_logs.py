@@ -23,6 +23,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from pathlib import Path
 
@@ -122,9 +123,18 @@ class Collect(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
         self.records: list[logging.LogRecord] = []
+        self.arrived = threading.Condition()
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+        with self.arrived:
+            self.records.append(record)
+            self.arrived.notify_all()
+
+    def wait_for(self, pred, timeout: float, what: str) -> None:
+        """Block until `pred(records)` holds, woken by each arriving record; fail naming `what`."""
+        with self.arrived:
+            if not self.arrived.wait_for(lambda: pred(self.records), timeout):
+                raise AssertionError(f"{what}: not within {timeout:g}s")
 
 
 @pytest.fixture
@@ -178,10 +188,9 @@ def test_a_child_killed_mid_stream_does_not_stop_the_others(collected) -> None:
         hang = hub.spawn(ctx, _hang_logging, (ready,), name="liu-hang")
         procs.append(hang)
         assert ready.wait(60)
-        deadline = time.monotonic() + 30
-        while sum(r.processName == "liu-hang" for r in collected.records) < 50:  # it is streaming
-            assert time.monotonic() < deadline, "the child's records did not arrive"
-            time.sleep(0.01)
+        collected.wait_for(  # it is streaming
+            lambda rs: sum(r.processName == "liu-hang" for r in rs) >= 50, 30, "the child's records"
+        )
         os.kill(hang.pid, signal.SIGKILL)  # wherever it is in a write
         hang.join(10)
         p = hub.spawn(ctx, _chatty, (20, "after"), name="liu-after")

@@ -59,13 +59,13 @@ def exchange_orders(ex: LocalExchange) -> list[dict]:
     return client.get_orders(GetOrdersRequest(status=QueryOrderStatus.ALL, limit=500, nested=False))
 
 
-async def until(pred: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    """Wait for `pred` (checked on each turn of the loop) or fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
+async def until(h: Harness, pred: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """Wait for `pred`, re-checked each time the gateway routes a message, or fail naming `what`."""
+    async with h.routed:
+        try:
+            await asyncio.wait_for(h.routed.wait_for(pred), timeout)
+        except TimeoutError:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
 
 class Harness:
@@ -82,12 +82,18 @@ class Harness:
         stream = TradingStream(KEY, SECRET, raw_data=True, url_override=ex.server.trading_stream_url)
         self.gw = Gateway(client, self._route, batch_id=self.batch, stream=stream, retry_wait=0.05)
         self.outbox: list[tuple[int, object]] = []
+        self.routed = asyncio.Condition()
         self.brokers = [AlpacaBroker(lambda m, i=i: self.outbox.append((i, m))) for i in range(consumers)]
         self.seq = 0
 
     def _route(self, consumer: int, msg: object) -> None:
         ups = self.brokers[consumer].on_message(msg)
         self.updates[consumer].extend(ups)
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self.routed:
+            self.routed.notify_all()
 
     async def __aenter__(self) -> Harness:
         await self.gw.start()
@@ -136,12 +142,14 @@ async def test_market_limit_bracket_two_consumers_route_to_their_owner(exchange)
         far = await h.place(1, Order("CCC", "buy", 1, type="limit", limit_price=0.01))  # rests
         br = await h.place(0, Order("BBB", "buy", 4, stop=1.0, target=100_000.0))
         await until(
-            lambda: all(h.status(o.client_order_id) == "filled" for o in (m, lim, br)), "three orders filled"
+            h,
+            lambda: all(h.status(o.client_order_id) == "filled" for o in (m, lim, br)),
+            "three orders filled",
         )
         assert h.status(far.client_order_id) == "accepted"
         legs = h.gw.orders[br.client_order_id].order.legs
         assert sorted(legs) == sorted([br.client_order_id + "-sl", br.client_order_id + "-tp"])
-        await until(lambda: all(h.status(cid) == "accepted" for cid in legs), "bracket legs active")
+        await until(h, lambda: all(h.status(cid) == "accepted" for cid in legs), "bracket legs active")
         # each consumer sees its own orders only
         for i in (0, 1):
             cids = {
@@ -164,19 +172,23 @@ async def test_market_limit_bracket_two_consumers_route_to_their_owner(exchange)
         assert h.brokers[1].replace(far.client_order_id, time.time_ns(), new_id, limit_price=0.02)
         await h.pump()
         await until(
-            lambda: h.status(far.client_order_id) == "replaced" and h.status(new_id) == "accepted", "replace"
+            h,
+            lambda: h.status(far.client_order_id) == "replaced" and h.status(new_id) == "accepted",
+            "replace",
         )
         assert h.gw.orders[far.client_order_id].order.replaced_by == new_id
         assert [o.client_order_id for o in h.brokers[1].open_orders(symbol="CCC")] == [new_id]
         h.brokers[1].cancel(new_id, time.time_ns())
         await h.pump()
-        await until(lambda: h.status(new_id) == "cancelled", "cancel reported")
+        await until(h, lambda: h.status(new_id) == "cancelled", "cancel reported")
         assert not h.brokers[1].open_orders(symbol="CCC")
         # Alpaca's account figures reach every consumer (risk manager, ctx.account)
         acct = TradingClient(
             KEY, SECRET, raw_data=True, url_override=exchange.server.trading_url
         ).get_account()
-        await until(lambda: all(b.equity > 0 and b.account_ts for b in h.brokers), "account figures routed")
+        await until(
+            h, lambda: all(b.equity > 0 and b.account_ts for b in h.brokers), "account figures routed"
+        )
         assert h.brokers[0].cash == pytest.approx(float(acct["cash"]), rel=1e-3)
         assert per_client_id(exchange, h.batch).most_common(1)[0][1] == 1
 
@@ -209,7 +221,7 @@ async def test_no_duplicate_order_whatever_the_post_answer(exchange, fault):
             o = await h.place(0, Order("AAA", "buy", 2))
         finally:
             faults(exchange, clear=True)
-        await until(lambda: h.status(o.client_order_id) == "filled", "the order filled")
+        await until(h, lambda: h.status(o.client_order_id) == "filled", "the order filled")
         assert h.gw.counts["posts"] > posts_before + 0  # at least the one POST
         assert (h.gw.counts["lookups"] >= 1) == lookup  # an unclear answer is resolved by client id
         counts = per_client_id(exchange, h.batch)
@@ -226,7 +238,7 @@ async def test_stream_dropped_mid_fill_fills_made_up_after_reconnect(exchange):
         orders = [await h.place(0, Order("CCC", "buy", 1)) for _ in range(3)]  # fill while disconnected
         await asyncio.wait_for(h.gw.connected.wait(), 20)  # reconnected, swept
         assert h.gw.counts["sweeps"] > sweeps
-        await until(lambda: all(h.status(o.client_order_id) == "filled" for o in orders), "fills made up")
+        await until(h, lambda: all(h.status(o.client_order_id) == "filled" for o in orders), "fills made up")
         assert h.brokers[0].position("s", "CCC").qty == 3
         ex = {o["client_order_id"]: o for o in exchange_orders(exchange)}
         assert sum(f.qty for f in h.fills(0)) == sum(
@@ -291,7 +303,7 @@ async def test_journal_row_written_before_the_send_and_updated_after(exchange, p
             assert (row["consumer"], row["strategy"], row["symbol"]) == (1, "s", "BBB")
             assert json.loads(row["request"])["order_class"] == "bracket"
             await task
-            await until(lambda: h.status(o.client_order_id) == "filled", "the entry filled")
+            await until(h, lambda: h.status(o.client_order_id) == "filled", "the entry filled")
 
             async def updated():
                 r = await conn.fetchrow(

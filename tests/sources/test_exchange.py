@@ -482,10 +482,7 @@ def test_replay_history_is_the_file_before_now_adjusted_as_the_replay_is(tmp_pat
         ]
         # Once the replay has sent June 6 and 9, those bars are served too (complete minutes only).
         ex.start_feed(ClockSpec(feed.first_ts(), time.time_ns(), None))
-        deadline = time.monotonic() + T
-        while not ex.server.feed_done.is_set():
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        ex.call(asyncio.wait_for(ex.server.feed_done.wait(), T), T + 5)  # the replay has sent everything
         after = get(adjustment="all")
         assert len(after) == 8  # the last minute (June 9 09:32) is not complete yet at "now"
         assert [b["c"] for b in after] == [m["c"] for m in streamed[:8]]

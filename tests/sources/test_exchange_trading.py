@@ -60,7 +60,7 @@ class Updates:
     def __init__(self, ex: LocalExchange) -> None:
         self.ex = ex
         self.events: list = []
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()  # notified by every arriving update
         self.stream = TradingStream(KEY, SECRET, url_override=ex.trading_stream_url)
         self.stream.subscribe_trade_updates(self._on)
         self.thread = threading.Thread(target=self.stream.run, daemon=True)
@@ -68,6 +68,7 @@ class Updates:
     async def _on(self, tu) -> None:
         with self.lock:
             self.events.append(tu)
+            self.lock.notify_all()
 
     def start(self) -> Updates:
         before = self.ex.trading.accounts.get(KEY)
@@ -81,13 +82,19 @@ class Updates:
             return [e.event for e in self.events if str(e.order.id) == str(order_id)]
 
     def wait(self, order_id, event: str) -> object:
-        def found():
-            with self.lock:
-                return next(
-                    (e for e in self.events if str(e.order.id) == str(order_id) and e.event == event), None
-                )
+        """Block until update `event` of `order_id` arrives (woken by each update); fail at the deadline."""
 
-        return until(found, f"event {event} of order {order_id}; got {self.of(order_id)}")
+        def found():
+            return next(
+                (e for e in self.events if str(e.order.id) == str(order_id) and e.event == event), None
+            )
+
+        with self.lock:
+            if self.lock.wait_for(found, DEADLINE):
+                return found()
+        raise AssertionError(
+            f"event {event} of order {order_id} not within {DEADLINE} s; got {self.of(order_id)}"
+        )
 
     def stop(self) -> None:
         self.stream.stop()
