@@ -344,3 +344,30 @@ class Script(Strategy):
 def bar(i: int, o: float, h: float, lo: float, c: float, sym: str = "X") -> tuple:
     """A minute BAR wire tuple `i` minutes after 2023-11-14 22:13:20 UTC, volume 1000."""
     return (BAR, sym, 1_700_000_000 * 10**9 + i * 60 * 10**9, o, h, lo, c, 1000.0, 0)
+
+
+@contextlib.contextmanager
+def exchange_cli(cwd: Path, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`trader exchange --port 0` as a subprocess, yielded with its banner once that is printed (up to its
+    "Ctrl-C" line); its process group is killed on the way out, also when the test fails."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "liu.cli", "exchange", "--port", "0"],
+        cwd=cwd,
+        env=env | {"PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not any("Ctrl-C" in line for line in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
+            lines.append(proc.stdout.readline())  # type: ignore[union-attr]
+        yield proc, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

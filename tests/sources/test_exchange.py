@@ -7,11 +7,8 @@ clock is held at a fixed epoch (the feed is not started) unless a test streams, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from datetime import date, datetime
 from pathlib import Path
@@ -30,6 +27,7 @@ from liu.sources.exchange.local import LocalExchange
 from liu.sources.replay import ReplayFeed
 from liu.sources.server import MarketDataServer
 from liu.sources.sim import SimFeed
+from tests.helpers import exchange_cli
 
 NY = ZoneInfo("America/New_York")
 T = 10
@@ -553,24 +551,8 @@ def test_trader_exchange_prints_urls_and_a_local_key_and_serves(tmp_path):
     env = os.environ | {
         "LIU_EXCHANGE_SECRET_KEY": "local-test-secret-42",
         "APCA_API_SECRET_KEY": "real-alpaca-secret-do-not-print",
-        "PYTHONUNBUFFERED": "1",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "liu.cli", "exchange", "--port", "0"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    try:
-        deadline = time.monotonic() + 60
-        while not any("Ctrl-C" in line for line in lines):
-            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
-            lines.append(proc.stdout.readline())
-        text = "".join(lines)
+    with exchange_cli(tmp_path, env) as (proc, text):
         http_url = next(w for w in text.split() if w.startswith("http://")).strip('",')
         assert "ws://" in text and "/v1beta3/crypto/us" in text and "/v2/iex" in text
         assert "local-test-secret-42" in text and "local test key" in text
@@ -581,8 +563,3 @@ def test_trader_exchange_prints_urls_and_a_local_key_and_serves(tmp_path):
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0
         assert "real-alpaca-secret-do-not-print" not in out
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()

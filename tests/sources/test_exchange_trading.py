@@ -7,12 +7,9 @@ the event itself (a stream event, an engine state) with a deadline that fails lo
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -37,6 +34,7 @@ from alpaca.trading.stream import TradingStream
 
 from liu.sources.exchange.local import LocalExchange
 from liu.sources.sim import SimFeed
+from tests.helpers import exchange_cli
 
 KEY, SECRET = "trade-key", "trade-s3cret-value"
 SYMBOLS = ["AAA", "BBB", "CCC", "DDD", "BTC/USD"]
@@ -448,24 +446,9 @@ def test_dropped_trade_stream_reconnects_and_loses_what_happened_meanwhile(ex, c
 
 
 def test_trader_exchange_serves_trading_and_prints_its_url(tmp_path):
-    env = os.environ | {"LIU_EXCHANGE_SECRET_KEY": "local-trading-secret-7", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "liu.cli", "exchange", "--port", "0"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    try:
-        deadline = time.monotonic() + 60
-        while not any("Ctrl-C" in line for line in lines):
-            assert time.monotonic() < deadline and proc.poll() is None, "".join(lines)
-            lines.append(proc.stdout.readline())
-        text = "".join(lines)
-        line = next(x for x in lines if "trading API" in x)
+    env = os.environ | {"LIU_EXCHANGE_SECRET_KEY": "local-trading-secret-7"}
+    with exchange_cli(tmp_path, env) as (proc, text):
+        line = next(x for x in text.splitlines() if "trading API" in x)
         url = next(w for w in line.split() if w.startswith("http://"))
         assert f'trading_url = "{url}"' in text
         client = TradingClient("liu-local", "local-trading-secret-7", url_override=url)
@@ -479,11 +462,6 @@ def test_trader_exchange_serves_trading_and_prints_its_url(tmp_path):
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0, out
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def test_oco_exit_one_fill_cancels_the_other(ex, client, updates):
