@@ -240,9 +240,7 @@ class Features:
         hist = self.history.get(symbol)
         if hist is None or not hist.revise(ts, o, h, lo, c, v):
             return False
-        for ind in self._indicators.get(symbol, {}).values():
-            ind._stream, ind.value = None, None
-            ind.on_bar(hist)
+        self._reopen(symbol, hist)
         return True
 
     def adjust(self, symbol: str, price: float, volume: float) -> None:
@@ -252,9 +250,12 @@ class Features:
         if hist is None:
             return
         hist.scale(price, volume)
+        self._reopen(symbol, hist)
+
+    def _reopen(self, symbol: str, hist: BarHistory) -> None:
+        """The symbol's stored history changed: its indicators start again from all of it."""
         for ind in self._indicators.get(symbol, {}).values():
-            ind._stream = None
-            ind.value = None
+            ind._stream, ind.value = None, None
             ind.on_bar(hist)
 
     def add_bar(self, symbol: str, ts: int, o: float, h: float, lo: float, c: float, v: float) -> None:

@@ -114,7 +114,9 @@ class OrderDesk:
             return None
         new_id = self._next_id()
         self.counts["orders"] += 1
-        candidate = replace(current, client_order_id=new_id, status="new", filled_qty=0.0)
+        candidate = replace(
+            current, client_order_id=new_id, status="new", qty=current.remaining, filled_qty=0.0
+        )
         for k, v in changes.items():
             if v is not None:
                 setattr(candidate, k, v)

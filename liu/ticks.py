@@ -83,7 +83,8 @@ class TickFilter:
     def check(self, symbol: str, price: float, kind: int = TRADE) -> bool:
         """True to keep the trade print; False drops it (and counts it)."""
         s = self._state.get(symbol)
-        if s is not None and kind == 0 and s[0] <= price <= s[1]:  # the common case: TRADE in the band
+        # The common case: a TRADE in the band (or a TRADE_NO_LAST with `conditions` off, like any print).
+        if s is not None and (kind == 0 or not self.conditions) and s[0] <= price <= s[1]:
             block = s[2]
             block.append(price)
             if len(block) >= self.window:
@@ -96,12 +97,6 @@ class TickFilter:
         if kind != TRADE and self.conditions:
             s[_N_COND] += 1
             return False
-        if s[_LO] <= price <= s[_HI]:  # a TRADE_NO_LAST with `conditions` off: like any other print
-            s[_BLOCK].append(price)
-            if len(s[_BLOCK]) >= self.window:
-                self._rebase(s, s[_BLOCK])
-            s[_STREAK] = 0
-            return True
         return self._outside(s, price)
 
     def check_bar(self, ev: tuple) -> tuple:

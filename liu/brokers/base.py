@@ -7,10 +7,11 @@ order updates and fills to the runner, which routes them to the strategies.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
-from liu.events import Fill, Order, OrderUpdate
+from liu.events import ORDER_TYPES, TIFS, Fill, Order, OrderUpdate
 
 
 @dataclass
@@ -63,6 +64,19 @@ class PositionBook:
 
 
 Update = Fill | OrderUpdate  # what a broker reports: an order's status change or an execution
+
+
+def invalid_order(order: Order) -> str | None:
+    """What every broker refuses before anything else: a bad side, quantity, type or time in force."""
+    if order.side not in ("buy", "sell"):
+        return f"side {order.side!r} must be 'buy' or 'sell'"
+    if not order.qty > 0 or not math.isfinite(order.qty):
+        return f"qty={order.qty} must be > 0"
+    if order.type not in ORDER_TYPES:
+        return f"type {order.type!r} must be one of {', '.join(ORDER_TYPES)}"
+    if order.tif not in TIFS:
+        return f"tif {order.tif!r} must be one of {', '.join(TIFS)}"
+    return None
 
 
 class Broker(Protocol):

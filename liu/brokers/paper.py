@@ -70,8 +70,8 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from liu.brokers.account import Account
-from liu.brokers.base import Position, PositionBook, Update
-from liu.events import ORDER_TYPES, TIFS, Fill, Order, OrderUpdate
+from liu.brokers.base import Position, PositionBook, Update, invalid_order
+from liu.events import Fill, Order, OrderUpdate
 
 NY = ZoneInfo("America/New_York")
 _NEVER = 1 << 62
@@ -208,14 +208,9 @@ class PaperBroker(PositionBook):
         return out
 
     def _invalid(self, order: Order, last_price: float | None) -> str | None:
-        if order.side not in ("buy", "sell"):
-            return f"side {order.side!r} must be 'buy' or 'sell'"
-        if not order.qty > 0 or not math.isfinite(order.qty):
-            return f"qty={order.qty} must be > 0"
-        if order.type not in ORDER_TYPES:
-            return f"type {order.type!r} must be one of {', '.join(ORDER_TYPES)}"
-        if order.tif not in TIFS:
-            return f"tif {order.tif!r} must be one of {', '.join(TIFS)}"
+        reason = invalid_order(order)
+        if reason is not None:
+            return reason
         for name in ("limit_price", "trigger_price", "trail_percent", "trail_price", "stop", "target"):
             value = getattr(order, name)
             if value is not None and not (value > 0 and math.isfinite(value)):
@@ -470,11 +465,7 @@ class PaperBroker(PositionBook):
             w.reserved = 0.0
         order.status, order.reason, order.updated_ts = status, reason, ts
         self._open.pop(order.client_order_id, None)
-        working = self._working.get(order.symbol)
-        if working is not None and w in working:
-            working.remove(w)
-            if not working:
-                del self._working[order.symbol]
+        self._unwork(w)
         out: list[Update] = [OrderUpdate(status, snapshot(order), ts)]
         if order.legs and status != "replaced":
             for leg_id in order.legs:
@@ -482,6 +473,14 @@ class PaperBroker(PositionBook):
                 if lw is not None and lw.order.status == "held":
                     out += self._close(lw, status, f"entry {order.client_order_id} {status}", ts)
         return out
+
+    def _unwork(self, w: _Working) -> None:
+        """Stop matching `w` against its symbol's events (a held leg never started)."""
+        working = self._working.get(w.order.symbol)
+        if working is not None and w in working:
+            working.remove(w)
+            if not working:
+                del self._working[w.order.symbol]
 
     # -- corporate actions (data replayed raw; see liu.corporate) -----------
     def split(self, symbol: str, ratio: float, ts: int) -> list[Update]:
@@ -510,7 +509,7 @@ class PaperBroker(PositionBook):
             if w.last is not None:
                 w.last /= ratio
             order.reason, order.updated_ts = note, ts
-            out.append(OrderUpdate(order.status, replace(order), ts))
+            out.append(OrderUpdate(order.status, snapshot(order), ts))
         return out
 
     def dividend(self, symbol: str, amount: float, ts: int) -> list[Update]:
@@ -722,10 +721,7 @@ class PaperBroker(PositionBook):
         out.append(OrderUpdate(order.status, snapshot(order), ts))
         if done:
             self._open.pop(order.client_order_id, None)
-            working = self._working[order.symbol]
-            working.remove(w)
-            if not working:
-                del self._working[order.symbol]
+            self._unwork(w)
         activated = self._activate_legs(order, ts, out) if order.legs else []
         if cut:  # cut to what the account can pay: the rest is cancelled (once the legs cover what filled)
             self._cancel_unaffordable(w, px, ts, out)
