@@ -19,8 +19,10 @@ from liu.commands import CancelAnswer, CancelOrder
 
 def order_owner(batch_id: str, client_order_id: str, consumers: int) -> int | None:
     """The consumer index that placed `client_order_id` in batch `batch_id`, or None (not this session's)."""
-    # A bracket's legs add "-sl" / "-tp" to their entry's id (liu.brokers.paper).
-    m = re.fullmatch(rf"{re.escape(batch_id[:8])}-(\d+)-\d+(?:-sl|-tp)?", client_order_id)
+    # The prefix is the batch id's first 8 characters (paper) or the whole batch id (Alpaca, whose ids must
+    # be unique for ever: liu.brokers.alpaca.ids); a bracket's legs add "-sl" / "-tp" to their entry's id.
+    prefix = f"(?:{re.escape(batch_id[:8])}|{re.escape(batch_id)})"
+    m = re.fullmatch(rf"{prefix}-(\d+)-\d+(?:-sl|-tp)?", client_order_id)
     if m is None or int(m.group(1)) >= consumers:
         return None
     return int(m.group(1))

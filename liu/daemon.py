@@ -64,6 +64,7 @@ from liu.stats import SharedStats
 from liu.store import SessionLock, add_trending, create_runs, prepare_plan_database, redact_dsn
 from liu.store.account_state import start_account
 from liu.store.recovery import DatabaseGuard, Recovery, end_runs, recover
+from liu.store.spool import spool_dir
 from liu.strategy import Strategy
 from liu.ticks import merge_reports
 from liu.transport import EOF_MARK, watch_connection
@@ -137,6 +138,7 @@ class Daemon:
         self.recovery = Recovery()
         self.start_cash = plan.broker.cash
         self.guard: DatabaseGuard | None = None
+        self.state_dir = plan.path(plan.database.data_dir).parent  # the spool, beside the data directory
 
     # -- start-up -------------------------------------------------------
     def _plugins(self) -> tuple[list[ScheduledScanner], list[Strategy]]:
@@ -291,7 +293,7 @@ class Daemon:
             await self.control_server.start()
             self.alerts = SessionAlerts.start(plan.alerts)  # a bad alert URL stops the start here
             scanners, strategies = self._plugins()
-            state_dir = plan.path(plan.database.data_dir).parent
+            state_dir = self.state_dir
             embedded_dir = plan.path(plan.database.data_dir) if plan.database.resolve_dsn() is None else None
             self.watchdog = await asyncio.to_thread(Watchdog.start, state_dir, embedded_dir)
             self.dsn, self.embedded = await prepare_plan_database(plan)
@@ -623,7 +625,7 @@ class Daemon:
                 log.error("the Alpaca gateway did not finish in time; killing it")
                 self.gateway.kill()
         if self.dsn is not None:
-            state_dir = self.plan.path(self.plan.database.data_dir).parent
+            state_dir = self.state_dir
             for i, p in enumerate(self.consumers):
                 if i not in session.reports:
                     await end_runs(
@@ -670,7 +672,7 @@ class Daemon:
         if any(backlog):
             self.console.print(
                 f"[yellow]{sum(backlog):,} rows could not reach the database; they wait in "
-                f"{self.plan.path(self.plan.database.data_dir).parent / 'spool'} and the next start writes them[/]"
+                f"{spool_dir(self.state_dir)} and the next start writes them[/]"
             )
         if self.summary_json:
             data = {

@@ -71,6 +71,7 @@ def shard_of(symbol: str, consumers: int) -> int:
 class _Link:
     """One websocket: its URL, channels, the symbols it carries, and its reconnect state."""
 
+    key: str  # its key in Producer.links ("main", or "stocks" / "crypto" with Alpaca)
     name: str
     url: str
     kinds: tuple[str, ...]
@@ -118,10 +119,13 @@ class Producer:
         self.notify = notify
         self.max_backoff = max_backoff
         self.alpaca = crypto_url is not None
-        self.links: dict[str, _Link] = {"stocks" if self.alpaca else "main": _Link("market data", url, kinds)}
-        if crypto_url is not None:
-            self.links["stocks"].name = "stock market data"
-            self.links["crypto"] = _Link("crypto market data", crypto_url, kinds)
+        if crypto_url is None:
+            self.links: dict[str, _Link] = {"main": _Link("main", "market data", url, kinds)}
+        else:
+            self.links = {
+                "stocks": _Link("stocks", "stock market data", url, kinds),
+                "crypto": _Link("crypto", "crypto market data", crypto_url, kinds),
+            }
         self.symbols: dict[str, int] = {}  # subscribed symbol → consumer
         self._shard_cache: dict[str, int] = {}
         self._stopping: Stop | None = None
@@ -171,8 +175,7 @@ class Producer:
             return
         parts: dict[str, list[str]] = {}
         for s in new:
-            link = self._link_of(s)
-            parts.setdefault(next(k for k, v in self.links.items() if v is link), []).append(s)
+            parts.setdefault(self._link_of(s).key, []).append(s)
         # Confirmed only when the server's ack lists them: data sent before that would not reach us.
         self._pending.append(_Pending(tuple(sorted(new)), {k: set(v) for k, v in parts.items()}))
         for name, syms in parts.items():
@@ -415,7 +418,7 @@ class Producer:
             self._stream_error(m, link or next(iter(self.links.values())))
 
     def _acked(self, m: dict, link: _Link) -> None:
-        name = next(k for k, v in self.links.items() if v is link)
+        name = link.key
         acked = set(m.get(link.kinds[0]) or ())
         for p in list(self._pending):
             part = p.parts.get(name)
@@ -434,7 +437,7 @@ class Producer:
         if code == 405:
             # Earlier subscriptions stay; the ones waiting are refused: say so, and do not keep the
             # main process waiting for an ack that will not come.
-            name = next(k for k, v in self.links.items() if v is link)
+            name = link.key
             refused = sorted({s for p in self._pending for s in p.parts.get(name, ())})
             log.error(
                 "%s server %s: %s (405): the account's plan streams fewer symbols; not subscribed: %s",

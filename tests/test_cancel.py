@@ -21,6 +21,14 @@ def test_the_owner_is_read_from_the_order_id() -> None:
     assert order_owner(BATCH, "30d355d2-0-x", 2) is None
 
 
+def test_the_owner_of_an_alpaca_order_is_read_from_its_full_batch_id() -> None:
+    # With [broker] kind = "alpaca" the ids carry the whole batch id (unique for ever at Alpaca).
+    assert order_owner(BATCH, f"{BATCH}-1-17", 2) == 1
+    assert order_owner(BATCH, f"{BATCH}-0-17-sl", 2) == 0
+    assert order_owner(BATCH, f"{BATCH}-2-17", 2) is None
+    assert order_owner(BATCH, "30d355d2-a695-462b-8598-000000000000-0-17", 2) is None  # another batch
+
+
 async def test_answers_reach_their_callers_and_silence_times_out() -> None:
     sent: list[CancelOrder] = []
     cancel = ConsumerCancel(BATCH, 2, sent.append, timeout=0.5)

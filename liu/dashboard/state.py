@@ -189,7 +189,7 @@ class Hub:
                 "reason": self.scrub(session.reason) if session.reason else None,
                 "market_time": market,
                 "elapsed_s": elapsed,
-                "duration_s": _duration(plan),
+                "duration_s": plan.session.seconds,
                 "source": plan.source.kind,
                 "time_axis": "market time (New York)" if clock is None or clock.realtime else "wall time",
             },
@@ -227,8 +227,3 @@ def _plain(view: Any) -> dict[str, Any]:
         "halted": view.halted,
         "halt_reason": view.halt_reason,
     }
-
-
-def _duration(plan: TradePlan) -> float:
-    seconds = getattr(plan.session, "seconds", None)  # "market" durations (live Alpaca) have it
-    return float(seconds if seconds is not None else plan.session.duration)

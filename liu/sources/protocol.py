@@ -36,6 +36,11 @@ class Encoded:
     count: int
 
 
+def is_crypto(symbol: str) -> bool:
+    """Alpaca spells crypto pairs BASE/QUOTE ("BTC/USD"); stock symbols never hold a slash."""
+    return "/" in symbol
+
+
 def encode(obj: Any) -> bytes:
     """msgpack-encode `obj` (msgpack.Timestamp values become the ext type)."""
     return _packer.pack(obj)

@@ -35,6 +35,7 @@ from liu.clock import Clock
 from liu.sources import protocol as P
 from liu.sources.exchange.calendar import MarketCalendar, ny_date
 from liu.sources.exchange.history import MINUTE_NS, NS, Bars
+from liu.sources.protocol import is_crypto
 
 SESSION_SECONDS = 6.5 * 3600
 CRYPTO_DAY_SECONDS = 24 * 3600
@@ -357,11 +358,6 @@ class _Generator:
             "n": int(size // 10),
             "vw": _crypto_round((o + h + lo + c) / 4),
         }
-
-
-def is_crypto(symbol: str) -> bool:
-    """Alpaca spells crypto pairs BASE/QUOTE ("BTC/USD"); stock symbols never hold a slash."""
-    return "/" in symbol
 
 
 def _crypto_round(x: float) -> float:

@@ -23,6 +23,7 @@ import requests
 
 from liu.errors import ConfigError, LiuError
 from liu.events import Bar
+from liu.sources.protocol import is_crypto
 
 NS = 1_000_000_000
 _NY = ZoneInfo("America/New_York")
@@ -41,11 +42,6 @@ class AlpacaError(LiuError):
 
 class AlpacaAuthError(AlpacaError):
     """Alpaca refused the API keys: retrying will not help."""
-
-
-def is_crypto(symbol: str) -> bool:
-    """Crypto pairs are written BASE/QUOTE (`BTC/USD`); stock symbols never hold a slash."""
-    return "/" in symbol
 
 
 @dataclass(frozen=True)

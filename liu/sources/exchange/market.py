@@ -28,14 +28,11 @@ from liu.sources.exchange.history import (
     resample,
     rfc3339_one,
 )
+from liu.sources.protocol import is_crypto
 
 DAY = Timeframe(1, "Day")
 _EXCHANGES = ("NASDAQ", "NYSE", "ARCA", "AMEX", "BATS")
 _ASSET_NS = uuid.UUID("6f1c2b1e-6c0b-4c89-9d53-1a2f1e0c1a11")
-
-
-def is_crypto(symbol: str) -> bool:
-    return "/" in symbol
 
 
 class Market:
