@@ -27,9 +27,9 @@ from liu.corporate import CorporateAction
 from liu.messages import ConsumerReady
 from liu.plan import TradePlan
 from liu.plugins import instantiate
-from liu.producer import shard_of
 from liu.risk import RiskManager
 from liu.runner import Keystore, StrategyRunner
+from liu.shard import shard_of
 from liu.store import TradeWriter, load_keystore
 from liu.store.account_state import PaperAccount, load_session
 from liu.store.spool import spool_dir

@@ -23,7 +23,6 @@ import asyncio
 import logging
 import signal
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -37,6 +36,7 @@ from websockets.exceptions import ConnectionClosed
 from liu.commands import CancelOrder
 from liu.events import Assign, Backfill, BarRevision, Start, Stop, Subscribe
 from liu.messages import ProducerFailed, ProducerStopped, Reconnected, SourceEnded, Subscribed
+from liu.shard import shard_of
 from liu.sources.protocol import wire_event
 from liu.stats import SharedStats
 from liu.transport import EOF_MARK, ChannelWriter, watch_connection
@@ -60,11 +60,6 @@ class StreamError(Exception):
         super().__init__(f"{msg} ({code})")
         self.code = code
         self.msg = msg
-
-
-def shard_of(symbol: str, consumers: int) -> int:
-    """Stable consumer index for `symbol` (crc32, unlike `hash()`, does not change per process)."""
-    return zlib.crc32(symbol.encode()) % consumers
 
 
 @dataclass

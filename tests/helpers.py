@@ -23,7 +23,7 @@ import asyncpg
 import psutil
 
 from liu.events import BAR
-from liu.producer import shard_of
+from liu.shard import shard_of
 
 REPO = Path(__file__).resolve().parent.parent
 

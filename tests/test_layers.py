@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
     "liu.errors": 1,
     "liu.commands": 1,  # main → consumer requests beyond Start/Assign/Stop (cancel one order), answers
     "liu.logs": 1,  # the logging queue: children's records printed by the main process
+    "liu.shard": 1,  # symbol → consumer (shard_of), shared by the producer and the Alpaca gateway
     "liu.brokers": 2,
     "liu.features": 2,
     "liu.bars": 2,

@@ -347,7 +347,6 @@ async def batch_page(dsn: str, batch_id: str, *, plotly_js: str = "inline") -> s
     report = await batch_report(dsn, batch_id, mark_to_bars=True)
     async with connection(dsn) as conn:
         report.env = await conn.fetchval("SELECT min(env) FROM algo_run WHERE batch_id = $1", batch_id) or ""
-    report.batch_id = batch_id
     return render(report, plotly_js=plotly_js)
 
 

@@ -21,17 +21,17 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 
 from liu.brokers.base import Position
 from liu.events import OPEN_STATUSES, Order
 from liu.store.db import connection
+from liu.store.runs import UPSERT_PORTFOLIO
+from liu.store.writer import EPOCH
 
 log = logging.getLogger(__name__)
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # A session's fills in the order they were written (per symbol, the order they happened: one writer per
 # symbol, and a spool keeps its writer's order), with the strategy of the order they filled.
@@ -84,7 +84,7 @@ class PaperAccount:
 
 
 def _ns(value: datetime | None) -> int:
-    return 0 if value is None else (value - _EPOCH) // timedelta(microseconds=1) * 1000
+    return 0 if value is None else (value - EPOCH) // timedelta(microseconds=1) * 1000
 
 
 def _order(row: asyncpg.Record) -> Order:
@@ -196,15 +196,7 @@ async def start_account(
             persist,
             previous.batch_id if previous is not None else None,
         )
-        await conn.execute(
-            """
-            INSERT INTO portfolio (batch_id, account_id, size, parameters) VALUES ($1, $2, $3, '{}'::jsonb)
-            ON CONFLICT (batch_id) DO UPDATE SET account_id = EXCLUDED.account_id, size = EXCLUDED.size
-            """,
-            batch_id,
-            account_id,
-            float(cash),
-        )
+        await conn.execute(UPSERT_PORTFOLIO, batch_id, account_id, float(cash))
         if persist and previous is not None and previous.positions:
             await conn.executemany(
                 """

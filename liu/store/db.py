@@ -167,16 +167,34 @@ async def upgrade_async(dsn: str, revision: str = "head") -> None:
     await asyncio.to_thread(upgrade, dsn, revision)
 
 
+async def open_connection(dsn: str, jsonb: bool = False) -> asyncpg.Connection:
+    """A connection the caller closes; `jsonb` maps JSON ⇄ Python."""
+    conn = await asyncpg.connect(dsn)
+    if jsonb:
+        try:
+            await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+        except BaseException:
+            conn.terminate()
+            raise
+    return conn
+
+
 @asynccontextmanager
 async def connection(dsn: str, jsonb: bool = False) -> AsyncIterator[asyncpg.Connection]:
     """One short-lived connection, closed on exit (for work off the hot path); `jsonb` maps JSON ⇄ Python."""
-    conn = await asyncpg.connect(dsn)
+    conn = await open_connection(dsn, jsonb)
     try:
-        if jsonb:
-            await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
         yield conn
     finally:
         await conn.close()
+
+
+async def close_quietly(conn: asyncpg.Connection, timeout: float = 2) -> None:
+    """Close `conn` politely, or drop it when the server does not answer (it may be gone)."""
+    try:
+        await conn.close(timeout=timeout)
+    except Exception:  # noqa: BLE001
+        conn.terminate()
 
 
 async def create_database(dsn: str, name: str, template: str | None = None) -> None:

@@ -17,13 +17,13 @@ from typing import Any
 
 import asyncpg
 
-from liu.store.db import connection
+from liu.events import OPEN_STATUSES
+from liu.store.db import close_quietly, connection
 
 log = logging.getLogger(__name__)
 
 ENVS = ("PAPER", "BACKTEST", "LIVE")
 LOCK_SPACE = 0x6C6975  # "liu": the first key of the sessions' advisory locks (the second: the batch)
-OPEN_STATUSES = ("new", "accepted", "held", "partially_filled")  # liu.events.OPEN_STATUSES
 CRASHED = "crashed"
 
 
@@ -125,7 +125,7 @@ async def close_crashed_runs(dsn: str) -> dict[str, int]:
             crashed,
             CRASHED,
         )
-        await conn.execute(CANCEL_STRANDED, crashed, list(OPEN_STATUSES))
+        await conn.execute(CANCEL_STRANDED, crashed, sorted(OPEN_STATUSES))
     return dict(Counter(r["batch_id"] for r in rows))
 
 
@@ -176,11 +176,15 @@ class SessionLock:
 
     async def release(self) -> None:
         if self._conn is not None:
-            try:
-                await self._conn.close(timeout=2)
-            except Exception:  # noqa: BLE001
-                self._conn.terminate()
+            await close_quietly(self._conn)
             self._conn = None
+
+
+# A run's account size; shared with `liu.store.account_state.start_account`.
+UPSERT_PORTFOLIO = """
+INSERT INTO portfolio (batch_id, account_id, size, parameters) VALUES ($1, $2, $3, '{}'::jsonb)
+ON CONFLICT (batch_id) DO UPDATE SET account_id = EXCLUDED.account_id, size = EXCLUDED.size
+"""
 
 
 async def record_account(dsn: str, batch_id: str, cash: float, details: dict | None = None) -> int:
@@ -192,15 +196,7 @@ async def record_account(dsn: str, batch_id: str, cash: float, details: dict | N
             float(cash),
             json.dumps(details or {}, default=str),
         )
-        await conn.execute(
-            """
-            INSERT INTO portfolio (batch_id, account_id, size, parameters) VALUES ($1, $2, $3, '{}'::jsonb)
-            ON CONFLICT (batch_id) DO UPDATE SET account_id = EXCLUDED.account_id, size = EXCLUDED.size
-            """,
-            batch_id,
-            account_id,
-            float(cash),
-        )
+        await conn.execute(UPSERT_PORTFOLIO, batch_id, account_id, float(cash))
     return account_id
 
 

@@ -45,7 +45,7 @@ import asyncpg
 
 from liu.errors import DatabaseError
 from liu.events import Fill, Order
-from liu.store.db import HINT, redact_dsn
+from liu.store.db import HINT, close_quietly, redact_dsn
 from liu.store.spool import Spool, Unit, read_spool, spool_files
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,22 @@ def _json(value: dict | None) -> str | None:
 
 def _pg_us(ns: int) -> int | None:
     return ns // 1000 - PG_EPOCH_US if ns else None
+
+
+def _state_of(order: Order) -> tuple:
+    """The STATE fields of a buffered order row or update (see `_FIXED`)."""
+    return (
+        order.status,
+        order.filled_qty,
+        order.avg_fill_price,
+        order.reason,
+        order.parent_id,
+        order.leg,
+        order.legs,
+        order.replaces,
+        order.replaced_by,
+        order.updated_ts,
+    )
 
 
 def _entry(state: list) -> dict:
@@ -294,10 +310,7 @@ class _Connected:
 
     async def _close_connection(self, ok: bool, quiet: bool = False) -> bool:
         if self._conn is not None:
-            try:
-                await self._conn.close(timeout=2)
-            except Exception:  # noqa: BLE001
-                self._conn.terminate()
+            await close_quietly(self._conn)
             self._conn = None
         if not ok and not quiet:
             log.error("%s: closed with %d rows not written", self.label, self.pending)
@@ -455,17 +468,8 @@ class TradeWriter(_Connected):
                 order.trail_percent,
                 order.trail_price,
                 order.order_class,
-                order.status,
-                order.filled_qty,
-                order.avg_fill_price,
-                order.reason,
-                order.parent_id,
-                order.leg,
-                order.legs,
-                order.replaces,
-                order.replaced_by,
-                order.updated_ts,
             )
+            + _state_of(order)
         )
         if len(self._orders) >= self.max_batch:
             self._wake.set()
@@ -477,21 +481,7 @@ class TradeWriter(_Connected):
         updated_ts), so the live order may be passed as well as a snapshot; at flush the row
         takes that state and its history gains one entry.
         """
-        self._updates.append(
-            (
-                order.client_order_id,
-                order.status,
-                order.filled_qty,
-                order.avg_fill_price,
-                order.reason,
-                order.parent_id,
-                order.leg,
-                order.legs,
-                order.replaces,
-                order.replaced_by,
-                order.updated_ts,
-            )
-        )
+        self._updates.append((order.client_order_id,) + _state_of(order))
         if len(self._updates) >= self.max_batch:
             self._wake.set()
 

@@ -26,7 +26,7 @@ from sklearn.ensemble import GradientBoostingClassifier
 from liu.ml.pipeline import FeaturePipeline
 from liu.ml.registry import Registry
 from liu.ml.spec import load_spec
-from liu.producer import shard_of
+from liu.shard import shard_of
 from liu.testing import sample_data
 from tests.helpers import REPO, eventually, trader_command
 from tests.ml.helpers import minute_bars, train, write_spec

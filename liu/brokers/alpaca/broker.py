@@ -10,7 +10,6 @@ the desk to record and the runner to deliver. Market data does not fill anything
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any
@@ -18,8 +17,8 @@ from typing import Any
 from liu.brokers.account import Account
 from liu.brokers.alpaca import ids
 from liu.brokers.alpaca.wire import AccountState, Cancel, Replace, Restore, Submit, Updates
-from liu.brokers.base import Position, PositionBook, Update
-from liu.events import FINAL_STATUSES, ORDER_TYPES, TIFS, Fill, Order, OrderUpdate
+from liu.brokers.base import Position, PositionBook, Update, invalid_order
+from liu.events import FINAL_STATUSES, Fill, Order, OrderUpdate
 
 log = logging.getLogger(__name__)
 _STATE = ("status", "reason", "filled_qty", "avg_fill_price", "replaced_by", "legs", "updated_ts")  # Alpaca's
@@ -72,7 +71,7 @@ class AlpacaBroker(PositionBook):
 
     def submit(self, order: Order, last_price: float | None, ts: int) -> list[Update]:
         """Send the order to the gateway: `new` (in flight) now, Alpaca's answer later."""
-        reason = _invalid(order) or self._short_refused(order)
+        reason = invalid_order(order) or self._short_refused(order)  # the rest is Alpaca's to say
         if reason is not None:
             order.status, order.reason, order.updated_ts = "rejected", reason, ts
             return [OrderUpdate("rejected", replace(order), ts)]
@@ -208,16 +207,3 @@ class AlpacaBroker(PositionBook):
         self, symbol: str, ts: int, o: float, h: float, lo: float, c: float, v: float
     ) -> list[Update] | None:
         return None
-
-
-def _invalid(order: Order) -> str | None:
-    """What liu can tell before sending (the rest is Alpaca's to say, with its own message)."""
-    if order.side not in ("buy", "sell"):
-        return f"side {order.side!r} must be 'buy' or 'sell'"
-    if not order.qty > 0 or not math.isfinite(order.qty):
-        return f"qty={order.qty} must be > 0"
-    if order.type not in ORDER_TYPES:
-        return f"type {order.type!r} must be one of {', '.join(ORDER_TYPES)}"
-    if order.tif not in TIFS:
-        return f"tif {order.tif!r} must be one of {', '.join(TIFS)}"
-    return None

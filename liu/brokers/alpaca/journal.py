@@ -8,13 +8,13 @@ writer. `MemoryJournal` is for runs without a database (nothing survives the pro
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import asyncpg
 
 from liu.events import Order
+from liu.store.db import open_connection
 
 
 @dataclass
@@ -103,9 +103,7 @@ class PgJournal:
 
     @classmethod
     async def open(cls, dsn: str) -> PgJournal:
-        conn = await asyncpg.connect(dsn)
-        await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-        return cls(conn)
+        return cls(await open_connection(dsn, jsonb=True))
 
     async def add(self, row: Row) -> None:
         async with self.lock:

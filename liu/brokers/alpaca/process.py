@@ -23,6 +23,7 @@ from liu.brokers.alpaca.gateway import Gateway, RateLimiter, error_text, stream_
 from liu.brokers.alpaca.journal import Journal, MemoryJournal, PgJournal
 from liu.brokers.alpaca.reconcile import Reconciled, reconcile
 from liu.brokers.alpaca.wire import Bye, Cancel, Replace, Restore, Submit
+from liu.shard import shard_of
 
 log = logging.getLogger(__name__)
 SETTLE_WAIT = 30.0  # seconds the gateway waits at the end for orders still in flight
@@ -52,12 +53,6 @@ class GatewayReady:
 
     lines: list[str]
     error: str = ""
-
-
-def shard_of(symbol: str, consumers: int) -> int:
-    import zlib
-
-    return zlib.crc32(symbol.encode()) % consumers  # the producer's shard_of (layer 3), same formula
 
 
 async def start_reconciled(gw: Gateway, setup: GatewaySetup) -> Reconciled:

@@ -28,7 +28,6 @@ class Reconciled:
 
     positions: dict[int, dict[tuple[str, str], Position]] = field(default_factory=dict)
     orders: dict[int, list[Order]] = field(default_factory=dict)
-    owners: dict[str, int] = field(default_factory=dict)  # restored client id -> consumer
     broker_ids: dict[str, str] = field(default_factory=dict)  # restored client id -> Alpaca id
     lines: list[str] = field(default_factory=list)
     unexplained: list[str] = field(default_factory=list)  # symbols whose position no strategy explains
@@ -117,6 +116,10 @@ def reconcile(
             rec.lines.append(f"position {sym} {pos.qty:g} @ {pos.avg_price:.4f} back to strategy {strategy}")
     by_cid = {r.client_order_id: r for r in rows}
     by_bid = {r.broker_id: r for r in rows if r.broker_id}
+    legs: dict[str, list[str]] = {}
+    for r in rows:
+        if r.parent_id:
+            legs.setdefault(r.parent_id, []).append(r.client_order_id)
     for raw in open_orders:  # not nested: bracket legs are rows of their own
         row = by_cid.get(str(raw.get("client_order_id"))) or by_bid.get(str(raw.get("id")))
         if row is None:
@@ -133,10 +136,9 @@ def reconcile(
         o = order_of(row, raw)
         if o.status in FINAL_STATUSES:
             continue
-        o.legs = tuple(r.client_order_id for r in rows if r.parent_id == row.client_order_id)
+        o.legs = tuple(legs.get(row.client_order_id, ()))
         consumer = shard(row.symbol)
         rec.orders.setdefault(consumer, []).append(o)
-        rec.owners[o.client_order_id] = consumer
         rec.broker_ids[o.client_order_id] = str(raw.get("id"))
         what = f"{row.leg} leg" if row.leg else "order"
         rec.lines.append(
