@@ -347,7 +347,6 @@ class Daemon:
             )
             if self.gateway is not None:  # reconciled before any order: restored positions, differences
                 await self._gateway_ready()
-            self._start_dashboard(batch_id, stats)
             if self.alerts is not None:
                 self.alerts.watch(self.dsn, batch_id, self.account, stats)
             watch_connection(self.control, self._on_producer, loop)
@@ -373,8 +372,6 @@ class Daemon:
 
             spec = ClockSpec(data0, time.time_ns(), speed)
             clock = Clock(spec)
-            if self.dashboard is not None:
-                self.dashboard.sources.clock = clock
             for conn in (self.control, self.server_conn):
                 if conn is None:
                     continue
@@ -388,6 +385,10 @@ class Daemon:
                 speed,
                 time.monotonic() - t_spawn,
             )
+            # After the clock: importing FastAPI and binding the server must not hold up the first event.
+            self._start_dashboard(batch_id, stats)
+            if self.dashboard is not None:
+                self.dashboard.sources.clock = clock
             await self._supervise(scan_runner, clock, stats)
         except BaseException as e:
             if session is not None:
