@@ -221,15 +221,24 @@ def test_the_page_shows_the_session_live(run: Run) -> None:
 def test_cancel_from_the_page_cancels_the_order_in_its_consumer(run: Run) -> None:
     d = run.driver
     for _attempt in range(5):  # the open orders are stop legs: one may fill before the cancel reaches it
-        buttons = run.wait(
-            lambda d: d.find_elements(By.CSS_SELECTOR, '#orders button[data-cmd="cancel"]'), "an open order"
+        order = run.wait(  # sections are redrawn every second: a stale button is looked up again
+            lambda d: (
+                (b := d.find_elements(By.CSS_SELECTOR, '#orders button[data-cmd="cancel"]'))
+                and b[0].get_attribute("data-order")
+            ),
+            "an open order",
         )
-        order = buttons[0].get_attribute("data-order")
         d.execute_script("document.getElementById('result').textContent = ''")
-        run.wait(
-            lambda d, o=order: d.find_element(By.CSS_SELECTOR, f'button[data-order="{o}"]').click() or True,
-            "click",
-        )
+
+        def click(d, o=order) -> str:  # the order may fill and leave the table before the click lands
+            found = d.find_elements(By.CSS_SELECTOR, f'button[data-order="{o}"]')
+            if not found:
+                return "gone"
+            found[0].click()
+            return "clicked"
+
+        if run.wait(click, "the cancel button clicked or its order gone") == "gone":
+            continue
         assert order in run.text("confirm-text")
         d.find_element(By.ID, "confirm-yes").click()
         result = run.wait(
