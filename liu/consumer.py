@@ -18,25 +18,27 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from liu.brokers.account import Account
 from liu.clock import Clock
 from liu.commands import CANCEL_REASON, CancelAnswer, CancelOrder
 from liu.corporate import CorporateAction
-from liu.events import BAR, Assign, Backfill, BarRevision, ConsumerReport, Start, Stop
+from liu.events import BAR, Assign, Backfill, BarRevision, ConsumerReport, NewChannel, Start, Stop
 from liu.hooks import ModelHook
 from liu.plan import TradePlan
 from liu.runner import Keystore, StrategyRunner
 from liu.sources.alpaca.history import History, HistorySource, Loaded
 from liu.stats import RUNNER_COUNTERS, SharedStats
 from liu.store import save_keystore
-from liu.transport import BATCH, ChannelReader
+from liu.transport import BATCH, EOF_MARK, ChannelReader, watch_connection
 
 log = logging.getLogger(__name__)
-# The report's counters: the runner's, except "fills" (the report carries the fills themselves).
+# The report's counters: the runner's, except "fills" (the report's `fills_total`; `fills` carries the
+# last REPORT_FILLS fills themselves, so a consumer's memory does not grow with the session).
 REPORTED_COUNTERS = tuple(name for name in RUNNER_COUNTERS if name != "fills")
+REPORT_FILLS = 10_000
 _MAX_QUEUED = 64  # frames held in memory before reading pauses (the backlog then shows at the producer)
 _LOADED = -1  # queue item: a history load finished (applied in order with the event batches)
 _GATEWAY = -2  # queue item: a message from the Alpaca gateway (order updates, fills, account)
@@ -61,6 +63,13 @@ class ConsumerSetup:
     history: HistorySource | None = None  # live sources: where warm-up and gap back-fill load bars from
     actions: tuple[CorporateAction, ...] = ()  # splits and dividends of data replayed raw
     gateway: Any = None  # [broker] kind = "alpaca": this consumer's pipe to the execution gateway
+    # A restarted consumer (the daemon's supervision): its counters so far, and which life this is (its
+    # order numbers start at life × LIFE_ORDERS, so no id of an earlier life is used again).
+    carry: dict[str, int] = field(default_factory=dict)
+    life: int = 0
+
+
+LIFE_ORDERS = 1_000_000_000
 
 
 class Consumer:
@@ -87,6 +96,7 @@ class Consumer:
         self._stop: Stop | None = None
         self._eof = False
         self._reader: ChannelReader | None = None
+        self.supervised = False  # `listen`ing to the main process: a closed channel waits for a new one
         stats, i = setup.stats, setup.index
         self._a = stats.array
         self._lag = stats.consumer_index(i, "lag_us")
@@ -106,9 +116,29 @@ class Consumer:
         self._eof = True
         self._wake.set()
 
+    def listen(self, conn: Any) -> None:
+        """Take messages from the main process on `conn`: a `NewChannel` (the producer was restarted),
+        a `Stop` (the session ends while there is no producer to say so), its end (the main process is
+        gone: stop). Until then a channel that closes without a `Stop` means the producer died."""
+        self.supervised = True
+        watch_connection(conn, self._on_main, asyncio.get_running_loop(), name="liu-consumer-main")
+
+    def _on_main(self, msg: Any) -> None:
+        if isinstance(msg, NewChannel):
+            if self._reader is not None:
+                self._reader.close()
+            self._eof = False
+            self._reader = ChannelReader(msg.conn, self.on_frame, self.on_eof)
+            self._reader.resume()
+            log.info("reading the restarted producer's channel")
+        elif isinstance(msg, Stop) or msg is EOF_MARK:
+            self._stop = self._stop or (msg if isinstance(msg, Stop) else Stop("main process exited"))
+        self._wake.set()
+
     async def run(self, reader: ChannelReader) -> None:
         self._reader = reader
         reader.resume()
+        waiting = False  # for the restarted producer's channel
         gateway = self.setup.gateway
         if gateway is not None:  # in the queue with the batches, so updates and events keep their order
             asyncio.get_running_loop().add_reader(gateway.fileno(), self._on_gateway)
@@ -117,15 +147,19 @@ class Consumer:
         try:
             while True:
                 if not self._queue:
-                    if self._stop is not None or self._eof:
+                    if self._stop is not None or (self._eof and not self.supervised):
                         if self.warmer.pending():
                             await self.warmer.finish(_STOP_WAIT)
                             continue
                         break
+                    if self._eof and not waiting:
+                        log.warning("the producer's channel closed without a stop: waiting for its restart")
+                    waiting = self._eof
                     self._wake.clear()
                     await self._wake.wait()
                     continue
                 kind, payload = self._queue.popleft()
+                reader = self._reader
                 if not reader.reading and len(self._queue) < _MAX_QUEUED // 2 and not self._eof:
                     reader.resume()
                 if kind == BATCH:
@@ -249,6 +283,7 @@ class Consumer:
             symbols=sorted(runner.features.history.keys() | runner.last_price.keys()),
             strategies=self._strategy_report(),
             fills=[dataclasses.asdict(f) for f in runner.fill_log],
+            fills_total=c["fills"],
             warmup=self.warmer.report(),
         )
 

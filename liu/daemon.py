@@ -2,9 +2,18 @@
 
 Main process: database, market-data server (sim/replay), scanner runner,
 progress and summary. Children: one producer and N consumers. Whatever ends
-the session (its duration, the end of a replay, SIGINT/SIGTERM, a consumer
-dying) goes through the same shutdown: stop the producer, let consumers drain
-and flush, close the `algo_run` rows with the reason, stop the servers.
+the session (its duration, the end of a replay, SIGINT/SIGTERM) goes through
+the same shutdown: stop the producer, let consumers drain and flush, close the
+`algo_run` rows with the reason, stop the servers.
+
+Supervision: a consumer or the producer that dies is started again
+(`[consumers] restarts`, `restart_backoff`). A restarted consumer gets a new
+channel (`NewChannel` to the producer), its symbols and the clock again, and
+continues its counters, positions, open orders and keystores from the
+database; what was routed to it meanwhile is counted as lost. A restarted
+producer hands each consumer its new channel through the consumer's result
+pipe, and subscribes again. Past the limit, trading halts and the summary
+says so.
 """
 
 from __future__ import annotations
@@ -31,16 +40,16 @@ from rich.live import Live
 from liu.alerts import SessionAlerts
 from liu.analysis.batch import analyse_batch
 from liu.analysis.report import Report
-from liu.brokers.account import Account
+from liu.brokers.account import HALT_FAULT, Account
 from liu.cancel import ConsumerCancel
 from liu.clock import NS, Clock, ClockSpec
 from liu.commands import CancelAnswer
-from liu.consumer import ConsumerSetup
+from liu.consumer import REPORTED_COUNTERS, ConsumerSetup
 from liu.control import AccountControl, ControlServer, control_path
 from liu.corporate import CorporateAction
 from liu.engine import consumer_main
 from liu.errors import ConfigError
-from liu.events import Assign, ConsumerReport, Start, Stop, Subscribe
+from liu.events import Assign, ConsumerReport, NewChannel, Start, Stop, Subscribe
 from liu.logs import LogHub, session_logging
 from liu.messages import (
     ConsumerReady,
@@ -60,7 +69,7 @@ from liu.progress import db_backlog_text, merge_strategies, progress_table, summ
 from liu.scanner import ScannerRunner, ScheduledScanner, SymbolInfo, load_scanners, symbol_infos
 from liu.sources.feeds import feed_config, sim_epoch
 from liu.sources.replay import plan_actions
-from liu.stats import SharedStats
+from liu.stats import RUNNER_COUNTERS, SharedStats
 from liu.store import SessionLock, add_trending, create_runs, prepare_plan_database, redact_dsn
 from liu.store.account_state import start_account
 from liu.store.recovery import DatabaseGuard, Recovery, end_runs, recover
@@ -83,6 +92,7 @@ class Session:
     reason: str | None = None
     exit_code: int = 0
     reports: dict[int, ConsumerReport] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)  # "consumer 0" / "producer" -> restarts
     gaps: list[float] = field(default_factory=list)
     source_events: int | None = None
 
@@ -139,6 +149,15 @@ class Daemon:
         self.start_cash = plan.broker.cash
         self.guard: DatabaseGuard | None = None
         self.state_dir = plan.path(plan.database.data_dir).parent  # the spool, beside the data directory
+        # Supervision: what a restart needs again, the processes down now, and a dead consumer's counters.
+        self._consumer_args: dict[str, Any] = {}
+        self._producer_args: tuple = ()
+        self._assigns: list[Assign] = []  # every subscription, for a restarted producer
+        self._spec: ClockSpec | None = None
+        self._down: set[str] = set()
+        self._carry: dict[int, dict[str, int]] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._earlier_gaps: list[float] = []  # market-data gaps before the current producer started
 
     # -- start-up -------------------------------------------------------
     def _plugins(self) -> tuple[list[ScheduledScanner], list[Strategy]]:
@@ -208,38 +227,56 @@ class Daemon:
         self.canceller = ConsumerCancel(batch_id, n, lambda msg: self.control.send(msg))
         if self.control_server is not None:
             self.control_server.handler = AccountControl(account, cancel=self.canceller)
+        self._consumer_args = dict(batch_id=batch_id, run_ids=run_ids, stats=stats, history=history)
         writers = []
         for i in range(n):
-            r, w = self.ctx.Pipe(duplex=False)
-            res_r, res_w = self.ctx.Pipe(duplex=False)
-            setup = ConsumerSetup(
-                i,
-                plan,
-                batch_id,
-                {name: rid for (name, c), rid in run_ids.items() if c == i},
-                self.dsn,
-                account,
-                stats,
-                self.not_shortable,
-                history,
-                self.actions,
-                gateway=self.gateway_ends[i] if self.gateway_ends else None,
-            )
-            p = self._process(consumer_main, (setup, r, res_w), name=f"liu-consumer-{i}")
-            log.info("consumer %d started (pid %d)", i, p.pid)
-            r.close()
-            res_w.close()
-            if self.gateway_ends:
-                self.gateway_ends[i].close()  # the consumer has it; EOF reaches the gateway when it exits
+            p, w, results = self._start_consumer(i)
             writers.append(w)
             self.consumers.append(p)
-            self.results.append(res_r)
+            self.results.append(results)
         kinds = ("trades", "quotes") if plan.source.bars == "trades" else ("trades", "quotes", "bars")
+        if crypto_url is not None:  # Alpaca: also the crypto stream, and bars revised after they closed
+            kinds = (*kinds, "updatedBars")
+        self._producer_args = (url, key, secret, stats, kinds, crypto_url)
+        self._start_producer(writers)
+
+    def _start_consumer(self, i: int, carry: dict[str, int] | None = None, life: int = 0) -> tuple:
+        """Start consumer `i` (again, in life `life`); return the process, the write end of its channel and
+        the main process's end of its (duplex) result pipe."""
+        a = self._consumer_args
+        r, w = self.ctx.Pipe(duplex=False)
+        results, child = self.ctx.Pipe()
+        setup = ConsumerSetup(
+            i,
+            self.plan,
+            a["batch_id"],
+            {name: rid for (name, c), rid in a["run_ids"].items() if c == i},
+            self.dsn,
+            self.account,
+            a["stats"],
+            self.not_shortable,
+            a["history"],
+            self.actions,
+            gateway=self.gateway_ends[i] if self.gateway_ends else None,
+            carry=carry or {},
+            life=life,
+        )
+        p = self._process(consumer_main, (setup, r, child), name=f"liu-consumer-{i}")
+        log.info("consumer %d started (pid %d)", i, p.pid)
+        r.close()
+        child.close()
+        if self.gateway_ends:
+            self.gateway_ends[i].close()  # the consumer has it; EOF reaches the gateway when it exits
+        return p, w, results
+
+    def _start_producer(self, writers: list[Any]) -> None:
+        url, key, secret, stats, kinds, crypto_url = self._producer_args
         main_end, prod_end = self.ctx.Pipe()
         args: tuple = (url, key, secret, writers, prod_end, stats, kinds)
-        if crypto_url is not None:  # Alpaca: also the crypto stream, and bars revised after they closed
-            args = (url, key, secret, writers, prod_end, stats, (*kinds, "updatedBars"), crypto_url)
+        if crypto_url is not None:
+            args = (*args, crypto_url)
         self.producer = self._process(producer_main, args, name="liu-producer")
+        log.info("producer started (pid %d)", self.producer.pid)
         prod_end.close()
         for w in writers:
             w.close()
@@ -370,7 +407,7 @@ class Daemon:
             await self._wait_subscribed(timeout=15)
             await self._wait_ready(timeout=120)
 
-            spec = ClockSpec(data0, time.time_ns(), speed)
+            spec = self._spec = ClockSpec(data0, time.time_ns(), speed)
             clock = Clock(spec)
             for conn in (self.control, self.server_conn):
                 if conn is None:
@@ -424,7 +461,11 @@ class Daemon:
         self.dashboard = LiveDashboard.start(self.plan, self.console, sources)
 
     async def _subscribe(self, assign: Assign) -> None:
-        self.control.send(Subscribe(assign))
+        self._assigns.append(assign)
+        try:
+            self.control.send(Subscribe(assign))
+        except OSError:  # the producer is down: its restart subscribes everything again
+            return
         self._pending_subs += 1
 
     async def _scan(self, runner: ScannerRunner, now: int) -> None:
@@ -465,12 +506,15 @@ class Daemon:
 
     def _on_producer(self, msg: Any) -> None:
         if msg is EOF_MARK:
-            self.session.end("producer exited", 1)
+            if self.session.reason is None and self._spec is not None:
+                self._restart("producer", self.producer.exitcode)
+            else:
+                self.session.end("producer exited", 1)
             self._subscribed.set()
             return
         match msg:
             case Subscribed():
-                self._pending_subs -= 1
+                self._pending_subs = max(0, self._pending_subs - 1)
                 if not self._pending_subs:
                     self._subscribed.set()
             case SourceEnded(events):
@@ -482,15 +526,18 @@ class Daemon:
                 self.console.print(f"[red]producer: {reason}[/]")
                 self.session.end(f"producer failed: {reason}", 1)
                 self._subscribed.set()
-            case ProducerStopped(gaps):
-                self.session.gaps = list(gaps)
+            case ProducerStopped(gaps):  # this producer's own list; earlier lives' and restarts' come first
+                self.session.gaps = [*self._earlier_gaps, *gaps]
 
     def _on_result(self, i: int, msg: Any) -> None:
         if isinstance(msg, ConsumerReady):
+            if i in self._ready:
+                log.info("consumer %d restarted and ready", i)
             self._ready.add(i)
             if len(self._ready) == len(self.consumers):
                 self._all_ready.set()
         elif isinstance(msg, ConsumerReport):
+            msg.restarts = self.session.restarts.get(f"consumer {i}", 0)
             self.session.reports[i] = msg
         elif isinstance(msg, CancelAnswer) and self.canceller is not None:
             self.canceller.on_answer(msg)
@@ -570,9 +617,12 @@ class Daemon:
                         "market close" if self.live is not None and self.live.session else "session end"
                     )
                 for i, p in enumerate(self.consumers):
-                    if p.exitcode is not None and i not in session.reports:
-                        log.error("consumer %d died (exit code %s); the session ends", i, p.exitcode)
-                        session.end(f"consumer {i} died (exit code {p.exitcode})", 1)
+                    if (
+                        p.exitcode is not None
+                        and i not in session.reports
+                        and f"consumer {i}" not in self._down
+                    ):
+                        self._restart(f"consumer {i}", p.exitcode)
                 if self.alerts is not None:
                     await self.alerts.poll()
                 if clock.realtime:
@@ -598,15 +648,102 @@ class Daemon:
             if live:
                 live.stop()
 
+    # -- supervision ----------------------------------------------------
+    def _restart(self, name: str, exitcode: int | None) -> None:
+        """`name` ("consumer N" or "producer") died: start it again after the backoff, or past the limit
+        halt trading (a dead producer also ends the session: there is no market data)."""
+        session, c = self.session, self.plan.consumers
+        self._down.add(name)
+        if name != "producer":
+            i = int(name.split()[1])
+            self._carry[i] = {k: self.stats.consumer(i)[k] for k in RUNNER_COUNTERS}
+            self.account.clear_slot(i)  # its successor reserves again for what it restores
+        n = session.restarts.get(name, 0)
+        why = (
+            "its orders go through the Alpaca gateway, which is not restarted with it"
+            if self.gateway is not None and name != "producer"
+            else f"restarted {n} times already ([consumers] restarts = {c.restarts})"
+            if n >= c.restarts
+            else None
+        )
+        if why is not None:
+            self.account.halt(HALT_FAULT)
+            log.error("%s died (exit code %s) and is not restarted: %s; trading halted", name, exitcode, why)
+            self.console.print(f"[red]{name} died and is not restarted ({why}): trading halted[/]")
+            if name == "producer":
+                session.end(f"producer died (exit code {exitcode}); trading halted", 1)
+            return
+        session.restarts[name] = n + 1
+        delay = min(30.0, c.restart_backoff * 2**n)
+        log.error(
+            "%s died (exit code %s); restarting it in %.1fs (restart %d of %d)",
+            name,
+            exitcode,
+            delay,
+            n + 1,
+            c.restarts,
+        )
+        task = asyncio.get_running_loop().create_task(self._come_back(name, delay, time.monotonic()))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _come_back(self, name: str, delay: float, died: float) -> None:
+        await asyncio.sleep(delay)
+        session = self.session
+        if session.reason is not None:
+            return
+        loop = asyncio.get_running_loop()
+        if name == "producer":
+            writers = []
+            for conn in self.results:
+                r, w = self.ctx.Pipe(duplex=False)
+                try:
+                    conn.send(NewChannel(-1, r))
+                except OSError:  # that consumer is down too: its restart sends the producer its channel
+                    pass
+                r.close()
+                writers.append(w)
+            self._start_producer(writers)
+            watch_connection(self.control, self._on_producer, loop)
+            for assign in self._assigns:
+                self.control.send(Subscribe(assign))
+            self.control.send(Start(self._spec))
+            gap = time.monotonic() - died
+            session.gaps.append(gap)
+            self._earlier_gaps = list(session.gaps)
+            log.warning(
+                "producer restarted (pid %d); market data was missing for %.1fs", self.producer.pid, gap
+            )
+        else:
+            i = int(name.split()[1])
+            p, w, results = self._start_consumer(i, self._carry[i], session.restarts[name])
+            try:
+                self.control.send(NewChannel(i, w))
+            except OSError:  # the producer is down: its restart gives every consumer a channel
+                pass
+            w.close()
+            self.consumers[i], self.results[i] = p, results
+            watch_connection(results, functools.partial(self._on_result, i), loop)
+            log.warning("consumer %d restarted (pid %d) after %.1fs", i, p.pid, time.monotonic() - died)
+        self._down.discard(name)
+
     # -- shutdown -------------------------------------------------------
     async def _shutdown(self, session: Session) -> None:
         session.end("stopped")
+        for task in self._tasks:
+            task.cancel()
         deadline = time.monotonic() + 8.0
         if self.producer is not None and self.producer.is_alive():
             try:
                 self.control.send(Stop(session.reason))
             except OSError:
                 pass
+        elif self.producer is not None:  # no producer to pass the stop on: tell the consumers directly
+            for conn in self.results:
+                try:
+                    conn.send(Stop(session.reason))
+                except OSError:
+                    pass
         while time.monotonic() < deadline and any(
             p.exitcode is None and i not in session.reports for i, p in enumerate(self.consumers)
         ):
@@ -660,8 +797,29 @@ class Daemon:
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
 
+    def _final_reports(self, session: Session) -> list[ConsumerReport]:
+        """Every consumer's report, a dead one's from its last published counters; `received` is what was
+        routed to it, and `lost` what no life of it received (received = processed + stale + malformed
+        + lost)."""
+        out = []
+        for i in range(session.consumers):
+            r = session.reports.get(i)
+            if r is None:
+                if self.stats is None:
+                    continue
+                counts = self._carry.get(i) or {k: self.stats.consumer(i)[k] for k in RUNNER_COUNTERS}
+                r = ConsumerReport(
+                    i, **{k: counts[k] for k in REPORTED_COUNTERS}, fills_total=counts["fills"]
+                )
+                r.restarts = session.restarts.get(f"consumer {i}", 0)
+            if self.stats is not None:
+                sent = self.stats.consumer(i)["sent"]
+                r.lost, r.received = max(0, sent - r.received), max(sent, r.received)
+            out.append(r)
+        return out
+
     def _summary(self, session: Session) -> None:
-        reports = [session.reports[i] for i in sorted(session.reports)]
+        reports = self._final_reports(session)
         for table in summary_tables(reports, session):
             self.console.print(table)
         if self.report is not None and self.report.trips:
@@ -686,6 +844,7 @@ class Daemon:
                 if self.stats
                 else None,
                 "gaps": session.gaps,
+                "restarts": session.restarts,
                 "bad_ticks": merge_reports(r.bad_ticks for r in reports),
                 "server_sent_events": self.sent_by_server,
                 "source_events": session.source_events,

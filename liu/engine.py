@@ -14,6 +14,7 @@ runner as a `liu.hooks.ModelHook`, so the core never imports `liu.ml`.
 
 from __future__ import annotations
 
+import collections
 import gc
 import logging
 import signal
@@ -22,7 +23,7 @@ from typing import Any
 
 from liu.brokers.account import Account
 from liu.brokers.paper import PaperBroker
-from liu.consumer import Consumer, ConsumerSetup
+from liu.consumer import LIFE_ORDERS, REPORT_FILLS, Consumer, ConsumerSetup
 from liu.corporate import CorporateAction
 from liu.messages import ConsumerReady
 from liu.plan import TradePlan
@@ -93,6 +94,7 @@ def build_runner(
             (*b.not_shortable, *not_shortable),
             b.max_participation,
             persist=persist,
+            slot=slot,
         )
     risk = RiskManager(plan.risk, account, slot, {sp.label: i for i, sp in enumerate(plan.strategies)})
     tick_options = plan.source.bad_ticks.filter_options()
@@ -162,7 +164,10 @@ async def _gateway_first(conn: Connection, timeout: float = 300.0) -> Any:
 
 
 def consumer_main(setup: ConsumerSetup, channel: Connection, results: Connection) -> None:
-    """Consumer process entry: build the runner, say `ConsumerReady`, run; send the `ConsumerReport` at exit."""
+    """Consumer process entry: build the runner, say `ConsumerReady`, run; send the `ConsumerReport` at exit.
+
+    `results` is duplex: the main process answers on it with a `NewChannel` when it restarts the producer.
+    """
     import uvloop
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process coordinates shutdown
@@ -187,7 +192,9 @@ def consumer_main(setup: ConsumerSetup, channel: Connection, results: Connection
             )
             backlog = setup.stats.consumer_index(setup.index, "db_backlog")
             writer.on_backlog = lambda n: setup.stats.array.__setitem__(backlog, n)
-            account = await load_session(setup.dsn, setup.batch_id)  # None: the account starts fresh
+            # None: the account starts fresh. A restarted consumer continues the session's account as the
+            # database has it (its rows, and those its dead predecessor left in the spool, written above).
+            account = await load_session(setup.dsn, setup.batch_id, restarted=setup.life > 0)
         if any(sp.models for sp in setup.plan.strategies):
             from liu.ml.inference import load_plan_models
             from liu.ml.predictions import PredictionWriter
@@ -210,7 +217,7 @@ def consumer_main(setup: ConsumerSetup, channel: Connection, results: Connection
             stale_after_ns=int(setup.plan.consumers.stale_after * 1e9),
             models=models,
             predictions=predictions,
-            persist=account is not None,
+            persist=account is not None and account.persist,
             actions=setup.actions,
             gateway=setup.gateway,
         )
@@ -220,6 +227,10 @@ def consumer_main(setup: ConsumerSetup, channel: Connection, results: Connection
             runner.desk.publish()
         if account is not None:
             restore_account(runner, account, setup.index, setup.stats.consumers)
+        runner.desk.fill_log = collections.deque(maxlen=REPORT_FILLS)  # the report's; the database has all
+        if setup.life:  # supervision restarted this consumer: its counts go on, its order ids never repeat
+            runner.counts.update(setup.carry)
+            runner.desk.number_from(setup.life * LIFE_ORDERS)
         if models:
             from liu.ml.inference import scorer_of
 
@@ -234,6 +245,7 @@ def consumer_main(setup: ConsumerSetup, channel: Connection, results: Connection
 
             consumer.watcher = ModelWatcher(scorer, models, setup.dsn)
             await consumer.watcher.start()
+        consumer.listen(results)  # a restarted producer's channel, or the main process's own stop
         reader = ChannelReader(channel, consumer.on_frame, consumer.on_eof)
         try:
             await consumer.run(reader)

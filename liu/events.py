@@ -95,6 +95,16 @@ class Subscribe:
 
 
 @dataclass(frozen=True)
+class NewChannel:
+    """Main → producer (`consumer` ≥ 0): the channel to that consumer, restarted; main → a consumer
+    (`consumer` = -1): its channel from the restarted producer. `conn` is the pipe end (a
+    `multiprocessing` Connection, passed between processes by descriptor)."""
+
+    consumer: int
+    conn: Any
+
+
+@dataclass(frozen=True)
 class Backfill:
     """Producer → consumer: the market-data connection carrying `symbols` was down from `since_ns` (wall
     time, ns) for `reason`; load their missing bars before their live events go on."""
@@ -134,9 +144,15 @@ class ConsumerReport:
     risk_refused: dict[str, int] = field(default_factory=dict)  # rule -> orders the risk manager refused
     bad_ticks: dict[str, dict[str, int]] = field(default_factory=dict)  # symbol -> prints dropped (liu.ticks)
     symbols: list[str] = field(default_factory=list)
-    fills: list[dict] = field(default_factory=list)
+    fills: list[dict] = field(default_factory=list)  # the last REPORT_FILLS fills (memory stays bounded)
+    fills_total: int = 0  # every fill of the session
     strategies: dict[str, dict] = field(default_factory=dict)
     warmup: dict[str, Any] = field(default_factory=dict)  # history loaded: symbols, bars, failed, seconds
+    # Supervision (filled in by the main process): events routed to this consumer that no life of it
+    # received (it was dead, or died holding them), and how often it was restarted. With them
+    # received = processed + stale + malformed + lost, where received counts every event routed to it.
+    lost: int = 0
+    restarts: int = 0
 
 
 ORDER_TYPES = ("market", "limit", "stop", "stop_limit", "trailing_stop")

@@ -73,6 +73,10 @@ class OrderDesk:
         self._seq = 0
         self._flatten_seen = account.flatten_generation
 
+    def number_from(self, seq: int) -> None:
+        """Number the next orders after `seq` (a restarted consumer must not reuse an earlier life's ids)."""
+        self._seq = max(self._seq, seq)
+
     def _next_id(self) -> str:
         self._seq += 1
         return f"{self.order_prefix}{self._seq}"

@@ -262,10 +262,17 @@ class DatabasePlan(_Table):
 
 
 class ConsumersPlan(_Table):
-    """How many consumer processes, and when an event is too old to act on."""
+    """How many consumer processes, when an event is too old to act on, and how dead processes come back.
+
+    A consumer or the producer that dies is restarted after `restart_backoff` seconds (doubling with each
+    restart of the same process, at most 30 s); after `restarts` restarts of one process in a session,
+    trading halts instead and the summary says why.
+    """
 
     count: int | Literal["auto"] = "auto"
     stale_after: Duration = 15.0
+    restarts: int = Field(3, ge=0)
+    restart_backoff: Duration = 0.5
 
     @model_validator(mode="after")
     def _count_positive(self) -> ConsumersPlan:

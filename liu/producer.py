@@ -34,7 +34,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from liu.commands import CancelOrder
-from liu.events import Assign, Backfill, BarRevision, Start, Stop, Subscribe
+from liu.events import Assign, Backfill, BarRevision, NewChannel, Start, Stop, Subscribe
 from liu.messages import ProducerFailed, ProducerStopped, Reconnected, SourceEnded, Subscribed
 from liu.shard import shard_of
 from liu.sources.protocol import wire_event
@@ -138,6 +138,10 @@ class Producer:
         self._i_backlog = [stats.consumer_index(i, "backlog_bytes") for i in range(len(writers))]
         for i, w in enumerate(writers):
             w.on_backlog = lambda size, k=self._i_backlog[i]: self._a.__setitem__(k, size)
+        # What each consumer was told, for a restarted one (`rewire`): the clock, and per (strategies,
+        # scanner) its symbols (a dict as an ordered set: bounded by the symbols, not by the scans).
+        self._start: Start | None = None
+        self.assigned: list[dict[tuple[tuple[str, ...], str], dict[str, None]]] = [{} for _ in writers]
 
     @property
     def _ws(self) -> Any:
@@ -165,6 +169,7 @@ class Producer:
             per.setdefault(self.symbols[s], []).append(s)
         for i, syms in per.items():
             self.writers[i].send_control(Assign(tuple(syms), assign.strategies, assign.scanner))
+            self.assigned[i].setdefault((assign.strategies, assign.scanner), {}).update(dict.fromkeys(syms))
         if not new:
             self.notify(Subscribed())
             return
@@ -182,8 +187,22 @@ class Producer:
                 self._ensure(link)
 
     def start(self, msg: Start) -> None:
+        self._start = msg
         for w in self.writers:
             w.send_control(msg)
+
+    def rewire(self, i: int, writer: ChannelWriter) -> None:
+        """Consumer `i` was restarted: its events go to its new channel, behind the clock and its symbols.
+
+        What was routed to it while it was down is counted as sent and never received: the daemon reports
+        it as lost."""
+        self.writers[i].close()
+        writer.on_backlog = lambda size, k=self._i_backlog[i]: self._a.__setitem__(k, size)
+        self.writers[i] = writer
+        if self._start is not None:
+            writer.send_control(self._start)
+        for (strategies, scanner), symbols in self.assigned[i].items():
+            writer.send_control(Assign(tuple(symbols), strategies, scanner))
 
     async def stop(self, msg: Stop) -> None:
         self._stopping = msg
@@ -554,6 +573,9 @@ def producer_main(
                 task = loop.create_task(producer.stop(msg))
             elif isinstance(msg, CancelOrder):  # through the consumer's channel, in order with its events
                 writers[msg.consumer].send_control(msg)
+                return
+            elif isinstance(msg, NewChannel):  # the daemon restarted that consumer
+                producer.rewire(msg.consumer, ChannelWriter(msg.conn))
                 return
             else:
                 return

@@ -20,8 +20,10 @@ def _header(name: str) -> str:
 
 
 def report_counts(report: ConsumerReport) -> dict[str, int]:
-    """A consumer report's counters by their `RUNNER_COUNTERS` name (it carries the fills themselves)."""
-    return {name: len(report.fills) if name == "fills" else getattr(report, name) for name in RUNNER_COUNTERS}
+    """A consumer report's counters by their `RUNNER_COUNTERS` name (its fills count is `fills_total`)."""
+    return {
+        name: report.fills_total if name == "fills" else getattr(report, name) for name in RUNNER_COUNTERS
+    }
 
 
 def progress_table(stats: SharedStats, rate: float, elapsed: float, duration: float) -> Table:
@@ -75,12 +77,24 @@ def summary_tables(reports: list[ConsumerReport], session: Any) -> list[Table]:
             str(m["errors"]),
         )
     cons = Table(title="consumers", title_justify="left")
-    for col in ("consumer", "symbols", *(name.replace("_", " ") for name in RUNNER_COUNTERS)):
+    for col in (
+        "consumer",
+        "symbols",
+        *(name.replace("_", " ") for name in RUNNER_COUNTERS),
+        "lost",
+        "restarts",
+    ):
         cons.add_column(col, justify="right")
     refused: dict[str, int] = {}
     for r in reports:
         counts = report_counts(r)
-        cons.add_row(str(r.index), str(len(r.symbols)), *(f"{counts[name]:,}" for name in RUNNER_COUNTERS))
+        cons.add_row(
+            str(r.index),
+            str(len(r.symbols)),
+            *(f"{counts[name]:,}" for name in RUNNER_COUNTERS),
+            f"{r.lost:,}",
+            str(r.restarts),
+        )
         for rule, n in r.risk_refused.items():
             refused[rule] = refused.get(rule, 0) + n
     tables = [strat, cons]

@@ -46,6 +46,24 @@ class Hold(Strategy):
 '''
 
 
+CYCLE = '''
+from liu.strategy import Strategy
+
+
+class Cycle(Strategy):
+    """Buys one share per bar up to 10, then sells them all, and again; one order at a time per symbol. So a
+    symbol's position, summed over its fills in order, stays within 0..10 unless the strategy forgot it."""
+
+    def on_bar(self, bar, ctx):
+        if ctx.open_orders(bar.symbol):
+            return None
+        held = ctx.position(bar.symbol)
+        if held >= 10:
+            return [ctx.sell(bar.symbol, held)]
+        return [ctx.buy(bar.symbol, 1)]
+'''
+
+
 def plan_text(
     tmp_path: Path,
     code: str,
@@ -54,9 +72,10 @@ def plan_text(
     dsn: str | None = None,
     rate: int = 3000,
     symbols: int = 30,
+    consumers: str = "",
 ) -> str:
     """A tradeplan on the simulator with one strategy (`code`, class `cls`), two consumers, the embedded
-    database in `tmp_path/.liu/pgdata` unless `dsn` is given."""
+    database in `tmp_path/.liu/pgdata` unless `dsn` is given; `consumers`: more keys of `[consumers]`."""
     name = cls.lower()
     (tmp_path / f"{name}.py").write_text(code)
     database = f'[database]\ndsn = "{dsn}"\n' if dsn else ""
@@ -71,6 +90,7 @@ rate = {rate}
 [consumers]
 count = 2
 stale_after = "10m"
+{consumers}
 [dashboard]
 enabled = false
 {database}
@@ -160,6 +180,8 @@ def fill_key(f: dict) -> tuple:
 
 def summary_fills(summary: dict) -> Counter:
     """Every fill the paper brokers made, as the consumers reported them (a multiset)."""
+    for c in summary["consumers"]:  # a report keeps the last 10,000: a test comparing them must stay below
+        assert len(c["fills"]) == c["fills_total"], f"consumer {c['index']} reported only its last fills"
     return Counter(fill_key(f) for c in summary["consumers"] for f in c["fills"])
 
 
@@ -168,3 +190,45 @@ def stored_fills(dsn: str, batch_id: str) -> Counter:
     return Counter(
         fill_key(dict(r)) for r in fetch(dsn, "SELECT * FROM trades WHERE batch_id = $1", batch_id)
     )
+
+
+def start_trader_group(tmp_path: Path, plan: str, tag: str) -> subprocess.Popen:
+    """`start_trader`, but as the leader of a process group (and session) of its own, as a shell starts a
+    foreground job: `os.killpg(proc.pid, sig)` reaches it and every child that stayed in its group, as a
+    terminal's Ctrl-C does, and nothing of the test's own group."""
+    (tmp_path / "tradeplan.toml").write_text(plan)
+    out = open(tmp_path / f"{tag}.out", "w")  # noqa: SIM115 - the child holds them
+    err = open(tmp_path / f"{tag}.err", "w")  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            trader_command(
+                "--plan", str(tmp_path / "tradeplan.toml"), "--summary-json", str(tmp_path / f"{tag}.json")
+            ),
+            stdout=out,
+            stderr=err,
+            cwd=tmp_path,
+            start_new_session=True,
+        )
+    finally:
+        out.close()
+        err.close()
+
+
+def alive(p: psutil.Process) -> bool:
+    """`p` still runs (a zombie does not)."""
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def tagged(var: str, tag: str) -> list[str]:
+    """Live processes (PostgreSQL's included) whose environment has `var` = `tag`, as "pid name"."""
+    out = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get(var) == tag and alive(p):
+                out.append(f"{p.pid} {p.name()}")
+        except psutil.Error:
+            continue
+    return out

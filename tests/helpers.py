@@ -275,8 +275,8 @@ def check_session(summary: dict, dsn: str, consumers: int, reason: str, log: str
     ]
     # Every event is accounted for, per consumer, and nothing was lost between producer and consumer.
     for c, sent in zip(summary["consumers"], summary["sent_per_consumer"], strict=True):
-        assert c["received"] == c["processed"] + c["stale"] + c["malformed"]
-        assert c["received"] == sent
+        assert c["received"] == c["processed"] + c["stale"] + c["malformed"] + c["lost"]
+        assert c["received"] == sent and c["lost"] == 0 and c["restarts"] == 0
     # Each symbol stayed on one consumer: the one its stable hash names.
     seen: dict[str, int] = {}
     for c in summary["consumers"]:
@@ -285,6 +285,7 @@ def check_session(summary: dict, dsn: str, consumers: int, reason: str, log: str
             seen[sym] = c["index"]
             assert shard_of(sym, consumers) == c["index"]
     # The fills in PostgreSQL are exactly the paper broker's fills.
+    assert all(len(c["fills"]) == c["fills_total"] for c in summary["consumers"])  # all within the report
     broker = sorted(
         (f["client_order_id"], f["symbol"], f["side"], f["qty"], round(f["price"], 6))
         for c in summary["consumers"]

@@ -5,7 +5,10 @@ positions) are spread over processes; the figures live in shared memory
 behind one lock. `available = cash - reserved`: reservations hold cash for
 open buy orders and margin for open shorts. Each consumer publishes the market
 value of its own positions and its open-order count into its own slot, so
-equity and exposure are the sum over slots. The halt flag and the flatten
+equity and exposure are the sum over slots. Each slot also keeps its share of
+the reservations, so a consumer that dies can be cleared (`clear_slot`) and
+its restarted successor reserve again for what it restores, without holding
+cash twice. The halt flag and the flatten
 generation are how a halt or flatten (a risk breach in any consumer, or the
 control channel) reaches every consumer.
 """
@@ -20,11 +23,11 @@ from typing import Any
 # Global fields, then `slots` groups of _SLOT fields, then one (minute, count) pair per strategy.
 _CASH, _RESERVED, _HALTED, _HALT_DAY, _FLATTEN, _DAY, _DAY_EQUITY, _START_CASH = range(8)
 _GLOBAL = 8
-_NET, _GROSS, _OPEN = range(3)
-_SLOT = 3
+_NET, _GROSS, _OPEN, _SLOT_RESERVED = range(4)
+_SLOT = 4
 
-HALT_NONE, HALT_MANUAL, HALT_RISK = 0, 1, 2
-HALT_NAMES = {HALT_NONE: "", HALT_MANUAL: "manual", HALT_RISK: "risk"}
+HALT_NONE, HALT_MANUAL, HALT_RISK, HALT_FAULT = 0, 1, 2, 3
+HALT_NAMES = {HALT_NONE: "", HALT_MANUAL: "manual", HALT_RISK: "risk", HALT_FAULT: "a process died too often"}
 
 
 @dataclass(frozen=True)
@@ -75,18 +78,32 @@ class Account:
     def available(self) -> float:
         return self._v[_CASH] - self._v[_RESERVED]
 
-    def try_reserve(self, amount: float) -> bool:
-        """Reserve `amount` if that much is available."""
+    def try_reserve(self, amount: float, slot: int = 0) -> bool:
+        """Reserve `amount` for process `slot` if that much is available."""
         with self._lock:
             if self._v[_CASH] - self._v[_RESERVED] + 1e-9 < amount:
                 return False
             self._v[_RESERVED] += amount
+            self._v[_GLOBAL + _SLOT * slot + _SLOT_RESERVED] += amount
             return True
 
-    def apply(self, cash_delta: float, reserved_delta: float) -> None:
+    def apply(self, cash_delta: float, reserved_delta: float, slot: int = 0) -> None:
         with self._lock:
             self._v[_CASH] += cash_delta
             self._v[_RESERVED] += reserved_delta
+            self._v[_GLOBAL + _SLOT * slot + _SLOT_RESERVED] += reserved_delta
+
+    def clear_slot(self, slot: int) -> float:
+        """Forget a dead process's part: release what it reserved, zero what it published; return the
+        release. Cash stays: its fills happened."""
+        base = _GLOBAL + _SLOT * slot
+        with self._lock:
+            v = self._v
+            released = v[base + _SLOT_RESERVED]
+            v[_RESERVED] -= released
+            for k in range(_SLOT):
+                v[base + k] = 0.0
+            return released
 
     # -- positions, published per process ---------------------------------
     def publish(self, slot: int, net_value: float, gross_value: float, open_orders: int) -> None:

@@ -150,8 +150,10 @@ class PaperBroker(PositionBook):
         not_shortable: Iterable[str] = (),
         max_participation: float | None = None,
         persist: bool = False,
+        slot: int = 0,
     ) -> None:
         self.account = account
+        self.slot = slot  # this process's place in the shared account: its reservations are kept there
         self.persist = persist  # the account lives across sessions: gtc orders outlive this one
         self.fee_per_share = fee_per_share
         self.fee_bps = fee_bps
@@ -267,7 +269,7 @@ class PaperBroker(PositionBook):
             return None
         ref = self._reference_price(order, last_price)
         reserve = opening * ref + self.fee(opening, ref)
-        if not self.account.try_reserve(reserve):
+        if not self.account.try_reserve(reserve, self.slot):
             return f"insufficient cash: needs {reserve:.2f}, available {self.account.available():.2f}"
         w.reserved = reserve
         w.per_unit = reserve / opening
@@ -351,11 +353,11 @@ class PaperBroker(PositionBook):
             new.trail_percent = None
         last = w.best if old.type == "trailing_stop" else w.last
         # The old order's reservation is free again while the new one is checked.
-        self.account.apply(0.0, -w.reserved)
+        self.account.apply(0.0, -w.reserved, self.slot)
         nw = _Working(new, triggered=w.triggered, best=w.best, expires=w.expires, last=last)
         reason = self._invalid(new, last) or (None if old.leg else self._reserve(nw, last, w))
         if reason is not None:
-            self.account.apply(0.0, w.reserved)
+            self.account.apply(0.0, w.reserved, self.slot)
             new.status, new.reason, new.updated_ts = "rejected", f"replace refused: {reason}", ts
             return [OrderUpdate("rejected", snapshot(new), ts)]
         w.reserved = 0.0
@@ -430,7 +432,7 @@ class PaperBroker(PositionBook):
         for key, pos in positions.items():
             self._positions[key] = pos
             if pos.qty < 0:
-                self.account.apply(0.0, -2 * pos.qty * pos.avg_price)
+                self.account.apply(0.0, -2 * pos.qty * pos.avg_price, self.slot)
         out: list[Update] = []
         for order in orders:
             last = prices.get(order.symbol) or self.position(order.strategy, order.symbol).avg_price or None
@@ -461,7 +463,7 @@ class PaperBroker(PositionBook):
         """
         order = w.order
         if w.reserved:
-            self.account.apply(0.0, -w.reserved)
+            self.account.apply(0.0, -w.reserved, self.slot)
             w.reserved = 0.0
         order.status, order.reason, order.updated_ts = status, reason, ts
         self._open.pop(order.client_order_id, None)
@@ -518,7 +520,7 @@ class PaperBroker(PositionBook):
         for (_, sym), pos in self._positions.items():
             if sym == symbol and pos.qty:
                 cash = pos.qty * amount
-                self.account.apply(cash, 0.0)
+                self.account.apply(cash, 0.0, self.slot)
                 pos.realized += cash
         return []
 
@@ -697,7 +699,7 @@ class PaperBroker(PositionBook):
             cash_delta = qty * px - fee
             reserved_delta = -release + 2 * opening * px
         w.reserved -= release
-        self.account.apply(cash_delta, reserved_delta)
+        self.account.apply(cash_delta, reserved_delta, self.slot)
         pos.apply(order.side, qty, px, fee)
         filled = order.filled_qty + qty
         order.avg_fill_price = (order.avg_fill_price * order.filled_qty + px * qty) / filled

@@ -157,7 +157,9 @@ def wire_event(m: Any, recv: int) -> tuple | None:
       so the consumer that owns the symbol counts it;
     * anything without a string symbol to route by (not a map, no "S", a list or number as "S")
       → `UNROUTABLE` (the empty tuple, false like None: test `if ev:` first);
-    * any other map (success, subscription, error, a type liu does not use) → None.
+    * a trading status ("s") → None, like any other map (success, subscription, error, a type liu
+      does not use); but a status with a missing or bad "S", "t" or "sc" is MALFORMED or UNROUTABLE
+      as above, so broken ones are counted like broken trades.
 
     `t` must be unpacked as int nanoseconds (`timestamp=2`): a string time is malformed.
     """
@@ -190,6 +192,12 @@ def wire_event(m: Any, recv: int) -> tuple | None:
                 float(m["v"]),
                 recv,
             )
+        if kind == "s":  # a trading status: no event (liu subscribes to none), but a broken one is counted
+            sym, t = m["S"], m["t"]
+            if t.__class__ is not int or sym.__class__ is not str:
+                raise _bad_key(sym, t)
+            if m["sc"].__class__ is not str:
+                raise TypeError(f"sc must be a string, got {type(m['sc']).__name__}")
         return None
     except Exception as e:
         sym = m.get("S") if m.__class__ is dict else None

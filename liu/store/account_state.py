@@ -48,12 +48,13 @@ ORDER BY t.id
 OPEN_ORDERS = """
 SELECT o.*, r.algo_name AS strategy
 FROM orders o LEFT JOIN algo_run r ON r.id = o.algo_run_id
-WHERE o.status = ANY($1::text[]) AND o.batch_id IN (SELECT batch_id FROM accounts WHERE persist)
+WHERE o.status = ANY($1::text[])
+  AND (o.batch_id = $2 OR o.batch_id IN (SELECT batch_id FROM accounts WHERE persist))
 ORDER BY (o.parent_id IS NOT NULL), o.created_at, o.client_order_id
 """
 LAST_PRICES = """
 SELECT DISTINCT ON (symbol) symbol, price FROM trades
-WHERE symbol = ANY($1::text[]) AND batch_id IN (SELECT batch_id FROM accounts WHERE persist)
+WHERE symbol = ANY($1::text[]) AND (batch_id = $2 OR batch_id IN (SELECT batch_id FROM accounts WHERE persist))
 ORDER BY symbol, id DESC
 """
 
@@ -67,6 +68,7 @@ class PaperAccount:
     positions: dict[tuple[str, str], Position] = field(default_factory=dict)  # (strategy, symbol), qty != 0
     orders: list[Order] = field(default_factory=list)  # open, entries before their legs
     prices: dict[str, float] = field(default_factory=dict)  # last fill price of the open orders' symbols
+    persist: bool = True  # False: a session's own account, read for a restarted consumer only
 
     def describe(self) -> str:
         return (
@@ -121,7 +123,7 @@ def _order(row: asyncpg.Record) -> Order:
     )
 
 
-async def _state(conn: asyncpg.Connection, batch_id: str, cash: float) -> PaperAccount:
+async def _state(conn: asyncpg.Connection, batch_id: str, cash: float, persist: bool = True) -> PaperAccount:
     """Session `batch_id`'s start (`cash` and its start positions) plus its fills, and the open orders."""
     positions = {
         (r["strategy"], r["symbol"]): Position(r["qty"], r["avg_price"])
@@ -146,14 +148,16 @@ async def _state(conn: asyncpg.Connection, batch_id: str, cash: float) -> PaperA
     # Realised P&L and fees belong to the session that made them: a position carries quantity and price.
     kept = {k: Position(p.qty, p.avg_price) for k, p in positions.items() if abs(p.qty) > 1e-12}
     orders = []
-    for row in await conn.fetch(OPEN_ORDERS, list(OPEN_STATUSES)):
+    for row in await conn.fetch(OPEN_ORDERS, list(OPEN_STATUSES), batch_id):
         if row["strategy"] is None:
             log.warning("open order %s has no strategy: not restored", row["client_order_id"])
             continue
         orders.append(_order(row))
     symbols = sorted({o.symbol for o in orders})
-    prices = {r["symbol"]: r["price"] for r in await conn.fetch(LAST_PRICES, symbols)} if symbols else {}
-    return PaperAccount(batch_id, cash, kept, orders, prices)
+    prices = (
+        {r["symbol"]: r["price"] for r in await conn.fetch(LAST_PRICES, symbols, batch_id)} if symbols else {}
+    )
+    return PaperAccount(batch_id, cash, kept, orders, prices, persist)
 
 
 async def load_previous(dsn: str) -> PaperAccount | None:
@@ -167,17 +171,20 @@ async def load_previous(dsn: str) -> PaperAccount | None:
         return await _state(conn, row["batch_id"], row["balance"])
 
 
-async def load_session(dsn: str, batch_id: str) -> PaperAccount | None:
+async def load_session(dsn: str, batch_id: str, restarted: bool = False) -> PaperAccount | None:
     """Session `batch_id`'s paper account as it stands now, for its consumers to continue; None when the
-    session does not persist its account."""
+    session does not persist its account, unless `restarted` (a consumer restarted mid-session continues
+    the session either way)."""
     async with connection(dsn, jsonb=True) as conn:
         row = await conn.fetchrow(
-            "SELECT balance FROM accounts WHERE batch_id = $1 AND persist ORDER BY account_id DESC LIMIT 1",
+            "SELECT balance, persist FROM accounts WHERE batch_id = $1 AND (persist OR $2) "
+            "ORDER BY account_id DESC LIMIT 1",
             batch_id,
+            restarted,
         )
         if row is None:
             return None
-        return await _state(conn, batch_id, row["balance"])
+        return await _state(conn, batch_id, row["balance"], row["persist"])
 
 
 async def start_account(
