@@ -546,6 +546,8 @@ class Daemon:
         """Wait until every consumer has built its runner (strategies, models): the clock starts after."""
         deadline = time.monotonic() + timeout
         while not self._all_ready.is_set():
+            if self.session.reason is not None:  # ended meanwhile (a refused subscription): it says why
+                return
             for i, p in enumerate(self.consumers):
                 if p.exitcode is not None:
                     raise ConfigError(

@@ -385,7 +385,8 @@ class Producer:
                     raise ValueError("frame is not an array")
             except Exception as e:
                 a[self._i_unroutable] += 1
-                log.warning("undecodable market data frame (%s); %d so far", e, a[self._i_unroutable])
+                if a[self._i_unroutable] in _SAMPLE:
+                    log.warning("undecodable market data frame (%s); %d so far", e, a[self._i_unroutable])
                 continue
             events = unroutable = 0
             for m in msgs:
@@ -398,7 +399,12 @@ class Producer:
                     pending[shard].append(ev)
                     events += 1
                 elif ev is None:
-                    self._control_message(m, link)
+                    try:
+                        self._control_message(m, link)
+                    except Exception as e:  # noqa: BLE001 - a broken control message is counted, never fatal
+                        unroutable += 1
+                        if a[self._i_unroutable] + unroutable in _SAMPLE:
+                            log.warning("unusable %r message (%s: %s)", m.get("T"), type(e).__name__, e)
                 else:
                     unroutable += 1
             if unroutable:
@@ -551,6 +557,7 @@ def producer_main(
     import uvloop
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # also when a service manager signals the whole group
     logging.basicConfig(level=logging.INFO, format="%(asctime)s producer %(levelname)s %(message)s")
 
     async def main() -> None:

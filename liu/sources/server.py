@@ -709,8 +709,13 @@ def serve_process(feed_config: dict, conn: multiprocessing.connection.Connection
         `ServerFailed(reason)` if the feed or server cannot be built; the child returns.
     The child also stops (without answering) when the parent end of `conn` closes.
     """
+    import signal
+
     import uvloop
 
+    signal.signal(
+        signal.SIGINT, signal.SIG_IGN
+    )  # the daemon coordinates shutdown; Ctrl-C reaches the whole group
     uvloop.run(_serve_main(feed_config, conn))
 
 
