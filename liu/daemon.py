@@ -269,12 +269,10 @@ class Daemon:
             self.gateway_ends[i].close()  # the consumer has it; EOF reaches the gateway when it exits
         return p, w, results
 
-    def _start_producer(self, writers: list[Any]) -> None:
+    def _start_producer(self, writers: list[Any], resumed_from: int | None = None) -> None:
         url, key, secret, stats, kinds, crypto_url = self._producer_args
         main_end, prod_end = self.ctx.Pipe()
-        args: tuple = (url, key, secret, writers, prod_end, stats, kinds)
-        if crypto_url is not None:
-            args = (*args, crypto_url)
+        args: tuple = (url, key, secret, writers, prod_end, stats, kinds, crypto_url, resumed_from)
         self.producer = self._process(producer_main, args, name="liu-producer")
         log.info("producer started (pid %d)", self.producer.pid)
         prod_end.close()
@@ -625,6 +623,15 @@ class Daemon:
                         and f"consumer {i}" not in self._down
                     ):
                         self._restart(f"consumer {i}", p.exitcode)
+                gateway = self.gateway
+                if gateway is not None and gateway.exitcode is not None and "gateway" not in self._down:
+                    self._down.add("gateway")  # not restarted: what it had in flight is the next start's
+                    self.account.halt(HALT_FAULT)
+                    log.error(
+                        "the Alpaca gateway died (exit code %s); trading halted: orders cannot reach Alpaca "
+                        "(the next start reconciles what was in flight)",
+                        gateway.exitcode,
+                    )
                 if self.alerts is not None:
                     await self.alerts.poll()
                 if clock.realtime:
@@ -685,11 +692,13 @@ class Daemon:
             n + 1,
             c.restarts,
         )
-        task = asyncio.get_running_loop().create_task(self._come_back(name, delay, time.monotonic()))
+        task = asyncio.get_running_loop().create_task(
+            self._come_back(name, delay, time.monotonic(), time.time_ns())
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _come_back(self, name: str, delay: float, died: float) -> None:
+    async def _come_back(self, name: str, delay: float, died: float, died_wall: int) -> None:
         await asyncio.sleep(delay)
         session = self.session
         if session.reason is not None:
@@ -705,17 +714,15 @@ class Daemon:
                     pass
                 r.close()
                 writers.append(w)
-            self._start_producer(writers)
+            self._earlier_gaps = list(
+                session.gaps
+            )  # the dead one's; the new one reports its own, this gap first
+            self._start_producer(writers, resumed_from=died_wall)
             watch_connection(self.control, self._on_producer, loop)
             for assign in self._assigns:
                 self.control.send(Subscribe(assign))
             self.control.send(Start(self._spec))
-            gap = time.monotonic() - died
-            session.gaps.append(gap)
-            self._earlier_gaps = list(session.gaps)
-            log.warning(
-                "producer restarted (pid %d); market data was missing for %.1fs", self.producer.pid, gap
-            )
+            log.warning("producer restarted (pid %d) after %.1fs", self.producer.pid, time.monotonic() - died)
         else:
             i = int(name.split()[1])
             p, w, results = self._start_consumer(i, self._carry[i], session.restarts[name])

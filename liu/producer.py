@@ -106,6 +106,7 @@ class Producer:
         notify: Callable[[object], None] = lambda m: None,
         max_backoff: float = 5.0,
         crypto_url: str | None = None,
+        resumed_from: int | None = None,
     ) -> None:
         self.url, self.key, self.secret = url, key, secret
         self.writers = writers
@@ -121,6 +122,13 @@ class Producer:
                 "stocks": _Link("stocks", "stock market data", url, kinds),
                 "crypto": _Link("crypto", "crypto market data", crypto_url, kinds),
             }
+        if resumed_from is not None:  # a restart: the first connect is a reconnect (gap, back-fill)
+            for link in self.links.values():
+                link.down_since, link.down_wall, link.cause = (
+                    time.monotonic(),
+                    resumed_from,
+                    "producer restarted",
+                )
         self.symbols: dict[str, int] = {}  # subscribed symbol → consumer
         self._shard_cache: dict[str, int] = {}
         self._stopping: Stop | None = None
@@ -549,10 +557,13 @@ def producer_main(
     stats: SharedStats,
     kinds: tuple[str, ...],
     crypto_url: str | None = None,
+    resumed_from: int | None = None,
 ) -> None:
     """Process entry: run the producer, taking `Subscribe`/`Start`/`Stop` from the main process.
 
     `crypto_url` (Alpaca): the crypto stream; with it the producer works as described for Alpaca.
+    `resumed_from` (wall ns): this producer replaces one that died then; its first connection reports the
+    gap and, on Alpaca, has the consumers back-fill it.
     """
     import uvloop
 
@@ -563,7 +574,15 @@ def producer_main(
     async def main() -> None:
         writers = [ChannelWriter(c) for c in conns]
         producer = Producer(
-            url, key, secret, writers, stats, kinds, notify=control.send, crypto_url=crypto_url
+            url,
+            key,
+            secret,
+            writers,
+            stats,
+            kinds,
+            notify=control.send,
+            crypto_url=crypto_url,
+            resumed_from=resumed_from,
         )
         loop = asyncio.get_running_loop()
         tasks: set[asyncio.Task] = set()

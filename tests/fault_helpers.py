@@ -232,3 +232,77 @@ def tagged(var: str, tag: str) -> list[str]:
         except psutil.Error:
             continue
     return out
+
+
+# -- liu's local exchange as a process of its own (tests/test_faults_market.py) ----------------------
+
+
+def free_port_pair() -> int:
+    """A port P such that P and P + 1 are both free now (`trader exchange --port P` also takes P + 1 for its
+    trading API); a process restarted on P gets the same URLs."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            if port >= 65535:
+                continue
+            with socket.socket() as b:
+                try:
+                    b.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise AssertionError("no two consecutive free ports on 127.0.0.1 in 50 tries")
+
+
+def start_exchange(
+    cwd: Path, env: dict[str, str], tag: str, *args: str, timeout: float = 60
+) -> subprocess.Popen:
+    """`trader exchange ARGS...` as a process (and session) of its own, its output in `{tag}.out` (a file: nobody
+    needs to read it for it to go on); returned once its banner's "Ctrl-C" line is out. Fails with its output
+    when it exits or says nothing by the deadline; the caller kills it (`kill_tree`, also on failure)."""
+    import sys
+    import time
+
+    log = cwd / f"{tag}.out"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "liu.cli", "exchange", *args],
+            cwd=cwd,
+            env=env | {"PYTHONUNBUFFERED": "1"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    end = time.monotonic() + timeout
+    while "Ctrl-C" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() >= end:
+            kill_tree(proc.pid)
+            proc.wait()
+            raise AssertionError(
+                f"trader exchange {' '.join(args)} did not start (exit code {proc.returncode}):\n{log.read_text()}"
+            )
+        time.sleep(0.05)
+    return proc
+
+
+def holding_connections(root_pid: int, port: int, n: int) -> psutil.Process | None:
+    """The descendant of `root_pid` holding at least `n` established TCP connections to 127.0.0.1:`port` (the
+    producer's websockets to a market-data server), or None."""
+    try:
+        children = psutil.Process(root_pid).children(recursive=True)
+    except psutil.Error:
+        return None
+    for p in children:
+        try:
+            conns = p.net_connections("tcp")
+        except psutil.Error:
+            continue
+        if (
+            sum(1 for c in conns if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED)
+            >= n
+        ):
+            return p
+    return None

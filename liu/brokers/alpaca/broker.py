@@ -21,6 +21,7 @@ from liu.brokers.base import Position, PositionBook, Update, invalid_order
 from liu.events import FINAL_STATUSES, Fill, Order, OrderUpdate
 
 log = logging.getLogger(__name__)
+GATEWAY_DOWN = "the Alpaca gateway is gone: not sent (trading is halted; the next start reconciles)"
 _STATE = ("status", "reason", "filled_qty", "avg_fill_price", "replaced_by", "legs", "updated_ts")  # Alpaca's
 
 
@@ -103,12 +104,22 @@ class AlpacaBroker(PositionBook):
                 legs.append(leg)
             order.legs = tuple(leg.client_order_id for leg in legs)
             out[0] = OrderUpdate("new", replace(order), ts)
+        if not self._post(Submit(replace(order))):  # never sent, so never at Alpaca: rejected, truthfully
+            order.status, order.reason = "rejected", GATEWAY_DOWN
+            return [OrderUpdate("rejected", replace(order), ts)]
         self._open[order.client_order_id] = order
         for leg in legs:
             self._open[leg.client_order_id] = leg
             out.append(OrderUpdate("held", replace(leg), ts))
-        self.send(Submit(replace(order)))
         return out
+
+    def _post(self, msg: Any) -> bool:
+        """Send to the gateway; False when it is gone (the daemon halts trading and says so)."""
+        try:
+            self.send(msg)
+        except OSError:
+            return False
+        return True
 
     def cancel(self, client_order_id: str, ts: int, reason: str = "") -> list[Update]:
         """Ask for the cancel; the `cancelled` update comes from Alpaca. Returns the order as it is (the
@@ -116,7 +127,8 @@ class AlpacaBroker(PositionBook):
         order = self._open.get(client_order_id)
         if order is None:
             return []
-        self.send(Cancel(client_order_id, reason))
+        if not self._post(Cancel(client_order_id, reason)):
+            log.error("cancel of %s not sent: %s", client_order_id, GATEWAY_DOWN)
         return [OrderUpdate(order.status, replace(order), ts)]
 
     def replace(self, client_order_id: str, ts: int, new_id: str, **changes: float | None) -> list[Update]:
@@ -138,8 +150,10 @@ class AlpacaBroker(PositionBook):
             legs=(),
             **fields,
         )
+        if not self._post(Replace(client_order_id, new_id, dict(changes))):
+            new.status, new.reason = "rejected", GATEWAY_DOWN
+            return [OrderUpdate("rejected", replace(new), ts)]
         self._open[new_id] = new
-        self.send(Replace(client_order_id, new_id, dict(changes)))
         return [OrderUpdate("new", replace(new), ts)]
 
     def expire(self, ts: int) -> list[Update]:
