@@ -39,6 +39,7 @@ from liu.ticks import TickFilter
 from liu.transport import ChannelReader
 
 log = logging.getLogger(__name__)
+KEEP_BARS = 20_000  # bars of history per symbol in a daemon's consumer (two weeks of crypto minutes)
 
 
 def build_runner(
@@ -227,7 +228,10 @@ def consumer_main(setup: ConsumerSetup, channel: Connection, results: Connection
             runner.desk.publish()
         if account is not None:
             restore_account(runner, account, setup.index, setup.stats.consumers)
-        runner.desk.fill_log = collections.deque(maxlen=REPORT_FILLS)  # the report's; the database has all
+        # A session's memory must not grow with its length: the report keeps the last fills (the database has
+        # all), each symbol's bar history the last KEEP_BARS bars.
+        runner.desk.fill_log = collections.deque(maxlen=REPORT_FILLS)
+        runner.features.keep_bars = KEEP_BARS
         if setup.life:  # supervision restarted this consumer: its counts go on, its order ids never repeat
             runner.counts.update(setup.carry)
             runner.desk.number_from(setup.life * LIFE_ORDERS)

@@ -30,10 +30,11 @@ class BarHistory:
     instead of six scalar writes per bar, and still no Python object per stored bar.
     """
 
-    __slots__ = ("_data", "_filled", "_pending", "_views")
+    __slots__ = ("_data", "_filled", "_pending", "_views", "keep")
     _BLOCK = 256
 
-    def __init__(self, capacity: int = 256) -> None:
+    def __init__(self, capacity: int = 256, keep: int | None = None) -> None:
+        self.keep = keep  # at most this many bars (the oldest go; a daemon's memory must not grow)
         self._data = np.empty((6, capacity), dtype=np.float64)
         self._filled = 0  # bars copied into _data
         self._pending: list[tuple] = []
@@ -54,6 +55,11 @@ class BarHistory:
         if not pending:
             return
         n, k = self._filled, len(pending)
+        keep = self.keep
+        if keep is not None and n + k > keep:  # drop a quarter more than needed: this runs every keep/4 bars
+            drop = min(n, n + k - keep + keep // 4)
+            self._data[:, : n - drop] = self._data[:, drop:n]
+            n -= drop
         if n + k > self._data.shape[1]:
             grown = np.empty((6, max(2 * self._data.shape[1], n + k)), dtype=np.float64)
             grown[:, :n] = self._data[:, :n]
@@ -205,7 +211,8 @@ class StreamIndicator:
 class Features:
     """Bar history and indicators for every symbol one runner sees."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_bars: int | None = None) -> None:
+        self.keep_bars = keep_bars  # per symbol, at most this many bars of history (None: all)
         self.history: dict[str, BarHistory] = {}
         self._indicators: dict[str, dict[tuple, StreamIndicator]] = {}
         self._fast: dict[tuple, StreamIndicator] = {}
@@ -213,7 +220,7 @@ class Features:
     def bars(self, symbol: str) -> BarHistory:
         hist = self.history.get(symbol)
         if hist is None:
-            hist = self.history[symbol] = BarHistory()
+            hist = self.history[symbol] = BarHistory(keep=self.keep_bars)
         return hist
 
     def indicator(self, symbol: str, name: str, **params: Any) -> StreamIndicator:

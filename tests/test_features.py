@@ -3,7 +3,7 @@ import pytest
 import talib
 
 from liu.errors import ConfigError
-from liu.features import Features
+from liu.features import BarHistory, Features
 from liu.testing import make_bars
 
 
@@ -40,3 +40,18 @@ def test_indicator_requested_late_opens_on_stored_history():
 def test_unknown_indicator_is_a_clear_error():
     with pytest.raises(ConfigError, match="'NOPE': not a TA-Lib function"):
         Features().indicator("X", "NOPE")
+
+
+def test_bounded_history_keeps_the_newest_bars_in_order_and_its_memory_stops_growing() -> None:
+    h = BarHistory(keep=1000)
+    sizes = set()
+    for i in range(20_000):
+        h.append(i, i + 0.1, i + 0.2, i - 0.1, i + 0.05, 1.0)
+        if i % 997 == 0:
+            sizes.add(h._data.shape[1])
+    ts = h.ts
+    assert ts[-1] == 19_999 and np.all(np.diff(ts) == 1)  # the newest, contiguous, oldest first
+    assert 750 <= len(h) <= 1000 + BarHistory._BLOCK
+    assert np.allclose(h.close, ts + 0.05)  # every column moved with its bar
+    assert max(sizes) <= 2048  # the arrays stopped growing
+    assert len(BarHistory().ts) == 0 and BarHistory().keep is None  # unbounded unless asked
