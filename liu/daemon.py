@@ -666,7 +666,6 @@ class Daemon:
         if name != "producer":
             i = int(name.split()[1])
             self._carry[i] = {k: self.stats.consumer(i)[k] for k in RUNNER_COUNTERS}
-            self.account.clear_slot(i)  # its successor reserves again for what it restores
         n = session.restarts.get(name, 0)
         why = (
             "its orders go through the Alpaca gateway, which is not restarted with it"
@@ -714,9 +713,8 @@ class Daemon:
                     pass
                 r.close()
                 writers.append(w)
-            self._earlier_gaps = list(
-                session.gaps
-            )  # the dead one's; the new one reports its own, this gap first
+            # The dead producer's gaps; the new one reports its own, this gap first (`resumed_from`).
+            self._earlier_gaps = list(session.gaps)
             self._start_producer(writers, resumed_from=died_wall)
             watch_connection(self.control, self._on_producer, loop)
             for assign in self._assigns:
@@ -725,6 +723,7 @@ class Daemon:
             log.warning("producer restarted (pid %d) after %.1fs", self.producer.pid, time.monotonic() - died)
         else:
             i = int(name.split()[1])
+            self.account.clear_slot(i)  # its successor reserves again for what it restores
             p, w, results = self._start_consumer(i, self._carry[i], session.restarts[name])
             try:
                 self.control.send(NewChannel(i, w))
