@@ -205,6 +205,10 @@ class Producer:
         What was routed to it while it was down is counted as sent and never received: the daemon reports
         it as lost."""
         self.writers[i].close()
+        a = self._a  # the dead consumer's last counts are still in its slot; its successor starts from them
+        a[self.stats.consumer_index(i, "lost")] = (
+            a[self._i_sent[i]] - a[self.stats.consumer_index(i, "received")]
+        )
         writer.on_backlog = lambda size, k=self._i_backlog[i]: self._a.__setitem__(k, size)
         self.writers[i] = writer
         if self._start is not None:

@@ -42,16 +42,17 @@ def progress_table(stats: SharedStats, rate: float, elapsed: float, duration: fl
     if backlog := db_backlog_text(stats):
         title += f" · [yellow]{backlog[2:]}[/]"
     t = Table(title=title, title_justify="left")
-    for col in ("consumer", "lag ms", "queue (events)", "backlog KB", *map(_header, _LIVE)):
+    for col in ("consumer", "lag ms", "queue (events)", "backlog KB", *map(_header, _LIVE), "lost"):
         t.add_column(col, justify="right")
     for i in range(stats.consumers):
         c = stats.consumer(i)
         t.add_row(
             str(i),
             f"{c['lag_us'] / 1000:.1f}",
-            f"{c['sent'] - c['received']:,}",
+            f"{c['sent'] - c['received'] - c['lost']:,}",
             f"{c['backlog_bytes'] / 1024:.0f}",
             *(f"{c[name]:,}" for name in _LIVE),
+            f"{c['lost']:,}",
         )
     return t
 

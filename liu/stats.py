@@ -37,6 +37,7 @@ RUNNER_COUNTERS = (
 CONSUMER_FIELDS = (
     "sent",
     "backlog_bytes",  # written by the producer
+    "lost",  # routed to the consumer while it was dead: set by the producer when it rewires a restarted one
     *RUNNER_COUNTERS,
     "lag_us",  # written by the consumer
     "warmed",  # symbols whose history was loaded (warm-up or back-fill)

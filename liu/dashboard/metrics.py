@@ -8,7 +8,7 @@ is the dashboard's own (`CollectorRegistry`), not prometheus_client's global one
 |---|---|---|---|
 | liu_events_received_total / _processed_total | counter | consumer | runner counters |
 | liu_events_sent_total | counter | consumer | what the producer sent each consumer |
-| liu_events_dropped_total | counter | consumer, reason (stale, malformed; unroutable: consumer="") | runner, producer |
+| liu_events_dropped_total | counter | consumer, reason (stale, malformed, lost; unroutable: consumer="") | runner, producer |
 | liu_strategy_errors_total, liu_fills_total | counter | consumer | runner counters |
 | liu_orders_total | counter | consumer, status (placed, rejected, cancelled, expired) | runner counters |
 | liu_consumer_lag_seconds, liu_consumer_queue_events, liu_consumer_backlog_bytes | gauge | consumer | consumer, producer |
@@ -32,7 +32,7 @@ from liu.stats import SharedStats
 
 # liu_orders_total's status label → the runner counter it reads.
 ORDER_STATUSES = {"placed": "orders", "rejected": "rejected", "cancelled": "cancelled", "expired": "expired"}
-DROP_REASONS = ("stale", "malformed")
+DROP_REASONS = ("stale", "malformed", "lost")
 
 
 class SessionCollector:
@@ -106,7 +106,7 @@ class SessionCollector:
             GaugeMetricFamily,
             "liu_consumer_queue_events",
             "Events sent to a consumer and not yet taken off its queue",
-            lambda c: c["sent"] - c["received"],
+            lambda c: c["sent"] - c["received"] - c["lost"],
         )
         yield per_consumer(
             GaugeMetricFamily,

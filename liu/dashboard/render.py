@@ -183,6 +183,7 @@ def consumers(s: dict) -> str:
     rows = []
     for c in s["consumers"]:
         stale = ' class="warn"' if c["stale"] or c["malformed"] or c["strategy_errors"] else ""
+        lost = ' class="warn"' if c["lost"] else ""
         rows.append(
             (
                 str(c["index"]),
@@ -192,9 +193,10 @@ def consumers(s: dict) -> str:
                 f"{c['backlog_kb']:,.0f}",
                 f"{c['received']:,}",
                 *(f"<span{stale}>{c[name]:,}</span>" for name in _CONSUMER_COLUMNS),
+                f"<span{lost}>{c['lost']:,}</span>",
             )
         )
-    head = ("consumer", "events/s", "lag ms", "queue", "backlog KB", "received", *_CONSUMER_COLUMNS)
+    head = ("consumer", "events/s", "lag ms", "queue", "backlog KB", "received", *_CONSUMER_COLUMNS, "lost")
     p = s["producer"]
     line = (
         f'<p class="note">producer: {"connected" if p["connected"] else "disconnected"}, '

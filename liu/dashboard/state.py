@@ -154,7 +154,8 @@ class Hub:
                     "index": i,
                     "events_per_s": rates[i],
                     "lag_ms": c["lag_us"] / 1000,
-                    "queue": c["sent"] - c["received"],
+                    "queue": c["sent"] - c["received"] - c["lost"],
+                    "lost": c["lost"],
                     "backlog_kb": c["backlog_bytes"] / 1024,
                     **{name: c[name] for name in RUNNER_COUNTERS},
                 }

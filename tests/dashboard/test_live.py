@@ -57,8 +57,8 @@ async def test_metrics_read_the_same_counters_as_the_terminal(live: LiveParts) -
         assert m[("liu_fills_total", label)] == c["fills"]
         assert m[("liu_strategy_errors_total", label)] == c["strategy_errors"]
         assert m[("liu_consumer_lag_seconds", label)] == c["lag_us"] / 1e6
-        assert m[("liu_consumer_queue_events", label)] == c["sent"] - c["received"]
-        for reason in ("stale", "malformed"):
+        assert m[("liu_consumer_queue_events", label)] == c["sent"] - c["received"] - c["lost"]
+        for reason in ("stale", "malformed", "lost"):
             assert m[("liu_events_dropped_total", (("consumer", str(i)), ("reason", reason)))] == c[reason]
         for status, counter in (("placed", "orders"), ("rejected", "rejected"), ("cancelled", "cancelled")):
             assert m[("liu_orders_total", (("consumer", str(i)), ("status", status)))] == c[counter]
