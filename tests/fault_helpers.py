@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import psutil
 
-from tests.helpers import kill_tree, trader_command
+from tests.helpers import alive, kill_tree, trader_command
 
 CHURN = '''
 from liu.strategy import Strategy
@@ -101,9 +101,13 @@ class = "{cls}"
 """
 
 
-def start_trader(tmp_path: Path, plan: str, tag: str) -> subprocess.Popen:
+def start_trader(tmp_path: Path, plan: str, tag: str, own_group: bool = False) -> subprocess.Popen:
     """`trader` on `plan` in `tmp_path`; its output goes to `{tag}.out`/`{tag}.err`, its summary to `{tag}.json`
-    (files, not pipes: a killed daemon's children may hold a pipe open)."""
+    (files, not pipes: a killed daemon's children may hold a pipe open).
+
+    `own_group`: the leader of a process group (and session) of its own, as a shell starts a foreground
+    job: `os.killpg(proc.pid, sig)` reaches it and every child that stayed in its group, as a terminal's
+    Ctrl-C does, and nothing of the test's own group."""
     (tmp_path / "tradeplan.toml").write_text(plan)
     out = open(tmp_path / f"{tag}.out", "w")  # noqa: SIM115 - the child holds them
     err = open(tmp_path / f"{tag}.err", "w")  # noqa: SIM115
@@ -115,6 +119,7 @@ def start_trader(tmp_path: Path, plan: str, tag: str) -> subprocess.Popen:
             stdout=out,
             stderr=err,
             cwd=tmp_path,
+            start_new_session=own_group,
         )
     finally:
         out.close()
@@ -140,10 +145,10 @@ def postmaster(pgdata: Path) -> int | None:
         lines = (pgdata / "postmaster.pid").read_text().splitlines()
         pid = int(lines[0])
         p = psutil.Process(pid)
-        alive = p.status() != psutil.STATUS_ZOMBIE
+        up = p.status() != psutil.STATUS_ZOMBIE
     except (OSError, ValueError, IndexError, psutil.Error):
         return None
-    return pid if alive and lines[-1].strip() == "ready" else None
+    return pid if up and lines[-1].strip() == "ready" else None
 
 
 def socket_dsn(pgdata: Path, database: str = "liu") -> str | None:
@@ -190,36 +195,6 @@ def stored_fills(dsn: str, batch_id: str) -> Counter:
     return Counter(
         fill_key(dict(r)) for r in fetch(dsn, "SELECT * FROM trades WHERE batch_id = $1", batch_id)
     )
-
-
-def start_trader_group(tmp_path: Path, plan: str, tag: str) -> subprocess.Popen:
-    """`start_trader`, but as the leader of a process group (and session) of its own, as a shell starts a
-    foreground job: `os.killpg(proc.pid, sig)` reaches it and every child that stayed in its group, as a
-    terminal's Ctrl-C does, and nothing of the test's own group."""
-    (tmp_path / "tradeplan.toml").write_text(plan)
-    out = open(tmp_path / f"{tag}.out", "w")  # noqa: SIM115 - the child holds them
-    err = open(tmp_path / f"{tag}.err", "w")  # noqa: SIM115
-    try:
-        return subprocess.Popen(
-            trader_command(
-                "--plan", str(tmp_path / "tradeplan.toml"), "--summary-json", str(tmp_path / f"{tag}.json")
-            ),
-            stdout=out,
-            stderr=err,
-            cwd=tmp_path,
-            start_new_session=True,
-        )
-    finally:
-        out.close()
-        err.close()
-
-
-def alive(p: psutil.Process) -> bool:
-    """`p` still runs (a zombie does not)."""
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def tagged(var: str, tag: str) -> list[str]:

@@ -82,7 +82,7 @@ def _is_own_mp_helper(p: psutil.Process) -> bool:
     return "multiprocessing.resource_tracker" in cmd or "multiprocessing.forkserver" in cmd
 
 
-def _alive(p: psutil.Process) -> bool:
+def alive(p: psutil.Process) -> bool:
     try:
         return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
@@ -92,7 +92,7 @@ def _alive(p: psutil.Process) -> bool:
 def kill_processes(procs: Iterable[psutil.Process], timeout: float = 5.0) -> list[psutil.Process]:
     """SIGKILL `procs` (PostgreSQL gets SIGQUIT first: an immediate shutdown that frees its shared
     memory) and wait until none is alive; return those that were alive. Fails if one survives."""
-    procs = [p for p in procs if _alive(p)]
+    procs = [p for p in procs if alive(p)]
     postgres = []
     for p in procs:
         try:
@@ -105,14 +105,14 @@ def kill_processes(procs: Iterable[psutil.Process], timeout: float = 5.0) -> lis
             pass
     start = time.monotonic()
     mercy, end = start + min(2.0, timeout / 2), start + timeout
-    while any(_alive(p) for p in procs):
+    while any(alive(p) for p in procs):
         if postgres and time.monotonic() >= mercy:
             for p in postgres:
                 with contextlib.suppress(psutil.Error):
                     p.kill()
             postgres = []
         if time.monotonic() >= end:
-            left = [(p.pid, p.name()) for p in procs if _alive(p)]
+            left = [(p.pid, p.name()) for p in procs if alive(p)]
             raise AssertionError(f"processes survived SIGKILL for {timeout:g}s: {left}")
         time.sleep(0.01)
     return procs
@@ -174,7 +174,7 @@ class ProcessReaper:
             with contextlib.suppress(psutil.Error):
                 for child in p.children(recursive=True):
                     found.setdefault(child.pid, child)
-        return [p for p in found.values() if _alive(p) and not _is_own_mp_helper(p)]
+        return [p for p in found.values() if alive(p) and not _is_own_mp_helper(p)]
 
     def reap(self, timeout: float = 5.0, grace: float = 1.0) -> list[str]:
         """Stop tagging, kill what is left; return a description of each process that had to be killed.
@@ -188,7 +188,7 @@ class ProcessReaper:
         left = self.processes()
         if left:
             end = time.monotonic() + grace
-            while any(_alive(p) for p in left) and time.monotonic() < end:
+            while any(alive(p) for p in left) and time.monotonic() < end:
                 time.sleep(0.02)
             left = self.processes()
         killed = []

@@ -26,33 +26,15 @@ from tests.fault_helpers import (
     postmaster,
     socket_dsn,
     start_trader,
+    tagged,
     wait_trader,
 )
-from tests.helpers import eventually
+from tests.helpers import alive, eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.db]
 
 CASH = 100_000.0  # [broker] cash by default
 OPEN_GTC = "SELECT count(*) FROM orders WHERE tif = 'gtc' AND status = 'accepted'"
-
-
-def _alive(p: psutil.Process) -> bool:
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _tagged(tag: str) -> list[str]:
-    """Live processes (PostgreSQL's included) carrying the killed session's tag in their environment."""
-    out = []
-    for p in psutil.process_iter():
-        try:
-            if p.environ().get(TAG_VAR) == tag and _alive(p):
-                out.append(f"{p.pid} {p.name()}")
-        except psutil.Error:
-            continue
-    return out
 
 
 def _expected(dsn: str, batch: str) -> tuple[float, dict[str, tuple[float, float]]]:
@@ -84,7 +66,7 @@ def test_main_process_killed_nothing_outlives_it_and_the_next_start_continues_th
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     eventually(
-        lambda: not [p for p in tree + server if _alive(p)] and not _tagged(tag),
+        lambda: not [p for p in tree + server if alive(p)] and not tagged(TAG_VAR, tag),
         60,
         "every process of the killed trader and its PostgreSQL gone",
     )

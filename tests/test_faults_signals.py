@@ -23,19 +23,18 @@ from liu.store import EmbeddedPostgres
 from liu.watchdog import TAG_VAR
 from tests.fault_helpers import (
     CHURN,
-    alive,
     count,
     fetch,
     plan_text,
     postmaster,
     socket_dsn,
-    start_trader_group,
+    start_trader,
     stored_fills,
     summary_fills,
     tagged,
     wait_trader,
 )
-from tests.helpers import eventually
+from tests.helpers import alive, eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.db]
 
@@ -48,7 +47,9 @@ def _stop_under_load(tmp_path: Path, send: str) -> None:
     """Start a heavily trading session meant to run 10 minutes, stop it with a signal once 1,000 fills are
     in the database (`send`: "SIGTERM" to the main process, "SIGINT" to its process group), check all."""
     sig = signal.Signals[send]
-    proc = start_trader_group(tmp_path, plan_text(tmp_path, CHURN, "Churn", "10m", rate=4000), "run")
+    proc = start_trader(
+        tmp_path, plan_text(tmp_path, CHURN, "Churn", "10m", rate=4000), "run", own_group=True
+    )
     pgdata = tmp_path / ".liu" / "pgdata"
     pm = eventually(lambda: postmaster(pgdata), 120, "trader's embedded PostgreSQL")
     dsn = socket_dsn(pgdata)
