@@ -158,6 +158,7 @@ class Daemon:
         self._carry: dict[int, dict[str, int]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._earlier_gaps: list[float] = []  # market-data gaps before the current producer started
+        self._said_all: set[int] = set()  # consumers whose current result pipe has closed
 
     # -- start-up -------------------------------------------------------
     def _plugins(self) -> tuple[list[ScheduledScanner], list[Strategy]]:
@@ -386,7 +387,7 @@ class Daemon:
                 self.alerts.watch(self.dsn, batch_id, self.account, stats)
             watch_connection(self.control, self._on_producer, loop)
             for i, conn in enumerate(self.results):
-                watch_connection(conn, functools.partial(self._on_result, i), loop)
+                watch_connection(conn, functools.partial(self._on_result, i, conn), loop)
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, session.end, sig.name)
 
@@ -527,8 +528,11 @@ class Daemon:
             case ProducerStopped(gaps):  # this producer's own list; earlier lives' and restarts' come first
                 self.session.gaps = [*self._earlier_gaps, *gaps]
 
-    def _on_result(self, i: int, msg: Any) -> None:
-        if isinstance(msg, ConsumerReady):
+    def _on_result(self, i: int, conn: Any, msg: Any) -> None:
+        if msg is EOF_MARK:  # after everything it sent (its report, if it got that far)
+            if conn is self.results[i]:
+                self._said_all.add(i)
+        elif isinstance(msg, ConsumerReady):
             if i in self._ready:
                 log.info("consumer %d restarted and ready", i)
             self._ready.add(i)
@@ -731,7 +735,8 @@ class Daemon:
                 pass
             w.close()
             self.consumers[i], self.results[i] = p, results
-            watch_connection(results, functools.partial(self._on_result, i), loop)
+            self._said_all.discard(i)
+            watch_connection(results, functools.partial(self._on_result, i, results), loop)
             log.warning("consumer %d restarted (pid %d) after %.1fs", i, p.pid, time.monotonic() - died)
         self._down.discard(name)
 
@@ -752,9 +757,11 @@ class Daemon:
                     conn.send(Stop(session.reason))
                 except OSError:
                     pass
-        while time.monotonic() < deadline and any(
-            p.exitcode is None and i not in session.reports for i, p in enumerate(self.consumers)
-        ):
+
+        def pending(i: int, p: Any) -> bool:  # an exited consumer's report may still be on its way
+            return i not in session.reports and (p.exitcode is None or i not in self._said_all)
+
+        while time.monotonic() < deadline and any(pending(i, p) for i, p in enumerate(self.consumers)):
             await asyncio.sleep(0.05)
         for i, p in enumerate(self.consumers):
             if i not in session.reports and p.exitcode is None:

@@ -372,3 +372,9 @@ def exchange_cli(cwd: Path, env: dict[str, str]) -> Iterator[tuple[subprocess.Po
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def fill_key(f) -> tuple:
+    """A backtest or summary fill (a dataclass or its dict) as a comparable tuple."""
+    get = f.get if isinstance(f, dict) else lambda k: getattr(f, k)
+    return (get("ts"), get("symbol"), get("side"), get("qty"), get("price"), get("fee"))

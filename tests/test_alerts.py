@@ -20,7 +20,7 @@ from liu.alerts import AlertHandler, Alerts, Grouper, SessionAlerts, classify, s
 from liu.brokers.account import HALT_MANUAL, Account
 from liu.errors import ConfigError
 from liu.plan import AlertsPlan, parse_plan
-from tests.test_daemon import check_session, run_trader
+from tests.helpers import check_session, run_trader
 
 
 def rec(name: str, level: int, msg: str, *args) -> logging.LogRecord:

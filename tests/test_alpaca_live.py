@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import signal
-import subprocess
 import threading
 import time
 from datetime import datetime, timedelta
@@ -27,13 +25,13 @@ from liu.sources.alpaca.history import History, HistorySource
 from liu.sources.exchange.calendar import MarketCalendar
 from liu.sources.exchange.local import LocalExchange
 from liu.sources.sim import SimFeed
-from tests.helpers import eventually, kill_tree, trader_command
+from tests.alpaca_helpers import KEY, SECRET, Trader, env
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow
 NY = ZoneInfo("America/New_York")
 NS = 1_000_000_000
 MINUTE = 60 * NS
-KEY, SECRET = "PKLIUTESTKEY", "zq7-secret-never-printed-4471"
 STOCKS, CRYPTO = ["AAA", "BBB", "CCC"], ["BTC/USD", "ETH/USD"]
 
 STRATEGY = '''
@@ -113,70 +111,6 @@ out = "{tmp_path / "first.jsonl"}"
 symbols = {json.dumps(symbols)}
 {extra}
 """
-
-
-def env(secret: str | None = SECRET, key: str | None = KEY) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("APCA_")}
-    if key is not None:
-        e["APCA_API_KEY_ID"] = key
-    if secret is not None:
-        e["APCA_API_SECRET_KEY"] = secret
-    return e
-
-
-class Trader:
-    """`trader` as a subprocess, its output read as it comes; the whole tree is killed on exit."""
-
-    def __init__(self, tmp_path: Path, plan: str, *args: str, environ: dict[str, str] | None = None) -> None:
-        (tmp_path / "tradeplan.toml").write_text(plan)
-        self.summary = tmp_path / "summary.json"
-        self.proc = subprocess.Popen(
-            trader_command(
-                "--plan", str(tmp_path / "tradeplan.toml"), "--summary-json", str(self.summary), *args
-            ),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=tmp_path,
-            env=environ if environ is not None else env(),
-        )
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._readers = [
-            threading.Thread(target=self._pump, args=(self.proc.stdout, self.out), daemon=True),
-            threading.Thread(target=self._pump, args=(self.proc.stderr, self.err), daemon=True),
-        ]
-        for t in self._readers:
-            t.start()
-
-    @staticmethod
-    def _pump(stream, sink: list[str]) -> None:
-        for line in stream:
-            sink.append(line)
-
-    @property
-    def text(self) -> str:
-        return "".join(self.out) + "".join(self.err)
-
-    def wait(self, timeout: float = 120) -> int:
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            kill_tree(self.proc.pid)
-            raise AssertionError(
-                f"trader did not finish within {timeout:g}s; it said:\n{self.text[-3000:]}"
-            ) from None
-        for t in self._readers:
-            t.join(10)
-        return code
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            kill_tree(self.proc.pid)
-            self.proc.wait()
-
-    def json(self) -> dict:
-        return json.loads(self.summary.read_text())
 
 
 def lines(path: Path) -> list[dict]:

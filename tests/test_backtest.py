@@ -18,7 +18,7 @@ from liu.backtest import run_backtest
 from liu.events import QUOTE
 from liu.plan import TradePlan, parse_plan
 from liu.testing import make_bars, sample_data
-from tests.helpers import SCRIPT, bar, run_trader
+from tests.helpers import SCRIPT, bar, fill_key, run_trader
 
 REPO = Path(__file__).resolve().parent.parent
 DAY = 86_400 * 10**9
@@ -52,11 +52,6 @@ def plan_of(text: str, base: Path) -> TradePlan:
 def trips(report: dict) -> list[dict]:
     """A JSON report's round trips without order ids (those are prefixed with the batch id)."""
     return [{k: v for k, v in t.items() if not k.endswith("order_id")} for t in report["round_trips"]]
-
-
-def fill_key(f) -> tuple:
-    get = f.get if isinstance(f, dict) else lambda k: getattr(f, k)
-    return (get("ts"), get("symbol"), get("side"), get("qty"), get("price"), get("fee"))
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from liu.engine import build_runner
 from liu.plan import TradePlan, parse_plan
 from liu.progress import progress_table, report_counts, summary_tables
 from liu.stats import RUNNER_COUNTERS, SharedStats
-from tests.test_backtest import SCRIPT, bar
+from tests.helpers import SCRIPT, bar
 
 
 def script_plan(tmp_path: Path, orders: list, risk: str = "") -> TradePlan:

@@ -309,3 +309,25 @@ def test_a_cycle_is_found_even_through_a_function_level_import() -> None:
         "liu.events": "",
     }
     assert import_cycles(modules) == [("liu.backtest", "liu.engine", "liu.ml.signal_backtest")]
+
+
+def test_no_test_file_imports_another_test_file() -> None:
+    """Shared test helpers live in conftest.py or a helper module: a test file imported by another runs its
+    module-level code twice and ties the two files' fixtures together."""
+    tests = ROOT.parent / "tests"
+    found = []
+    for path in sorted(tests.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            found += [
+                f"{path.relative_to(tests.parent)} imports {n}"
+                for n in names
+                if n.startswith("tests") and n.rsplit(".", 1)[-1].startswith("test_")
+            ]
+    assert found == []

@@ -24,8 +24,7 @@ from liu.plugins import load_class
 from liu.store.bars import import_bars
 from liu.strategy import Strategy
 from liu.testing import sample_data
-from tests.test_backtest import fill_key
-from tests.test_daemon import run_trader
+from tests.helpers import fill_key, run_trader
 
 pytestmark = pytest.mark.data
 

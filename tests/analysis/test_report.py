@@ -10,7 +10,7 @@ import pytest
 from rich.console import Console
 
 from liu.analysis.report import build_report, equity_from_fills
-from tests.analysis.test_trades import M, T, fill  # fill(..., t=minutes after T)
+from tests.analysis.helpers import M, T, fill  # fill(..., t=minutes after T)
 
 DAY = 86_400 * 10**9
 

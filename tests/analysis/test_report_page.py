@@ -286,7 +286,7 @@ def test_write_html_is_the_page(report, tmp_path) -> None:
 
 
 async def test_batch_page_of_a_stored_batch(pg_dsn) -> None:
-    from tests.analysis.test_batch import write_batch
+    from tests.analysis.helpers import write_batch
 
     await write_batch(pg_dsn, "b-live")
     p = Page(await batch_page(pg_dsn, "b-live", plotly_js="/p.js"))

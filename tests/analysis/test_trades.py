@@ -5,14 +5,7 @@ from __future__ import annotations
 import pytest
 
 from liu.analysis.trades import match_fills, open_positions, round_trips
-from liu.events import Fill
-
-T = 1_700_000_000 * 10**9
-M = 60 * 10**9
-
-
-def fill(coid, side, qty, price, fee=0.0, t=0, stop=None, symbol="AAA", strategy="s"):
-    return Fill(coid, strategy, symbol, side, float(qty), float(price), float(fee), T + t * M, stop=stop)
+from tests.analysis.helpers import M, T, fill
 
 
 def test_long_round_trip_with_fees_and_r_units() -> None:

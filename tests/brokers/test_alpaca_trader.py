@@ -20,8 +20,8 @@ from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest, MarketO
 from liu.brokers.alpaca.ids import consumer_of
 from liu.sources.exchange.local import LocalExchange
 from liu.sources.sim import SimFeed
+from tests.alpaca_helpers import Trader, env
 from tests.helpers import eventually, trader_command
-from tests.test_alpaca_live import Trader, env
 
 pytestmark = pytest.mark.slow
 KEY, SECRET = "PKGWE2EKEY", "gw-e2e-secret-never-printed-5521"

@@ -15,7 +15,7 @@ from liu.errors import PluginError
 from liu.ml.pipeline import FeaturePipeline
 from liu.ml.spec import load_spec
 from liu.plan import parse_plan
-from tests.ml.test_inference import minute_bars, place, train, wire, write_spec
+from tests.ml.helpers import minute_bars, place, train, wire, write_spec
 
 REPO = Path(__file__).resolve().parents[2]
 VOTE = str(REPO / "strategies" / "ml_vote.py")

@@ -45,6 +45,8 @@ class Journal(Protocol):
 
     async def rows(self) -> list[Row]: ...
 
+    async def record_missed(self) -> list[str]: ...
+
     async def close(self) -> None: ...
 
 
@@ -80,6 +82,9 @@ class MemoryJournal:
 
     async def rows(self) -> list[Row]:
         return list(self.data.values())
+
+    async def record_missed(self) -> list[str]:
+        return []  # no database: no orders or trades rows to bring up to date
 
     async def close(self) -> None:
         pass
@@ -135,12 +140,75 @@ class PgJournal:
             row.filled_avg_price = row.filled_avg_price or 0.0
         return out
 
+    async def record_missed(self) -> list[str]:
+        """At a start, before any order: what Alpaca reported that no consumer was there to record (a fill of
+        an order in flight when the gateway died, an update that came after its consumer had gone) goes into
+        `orders` and `trades` as the journal has it, in one transaction with nothing else; the fill rows are
+        the difference between the journal's filled quantity and the order's `trades` rows, so running it
+        again adds nothing. Returns a line per order brought up to date."""
+        async with self.lock, self.conn.transaction():
+            stale = await self.conn.fetch(_STALE_ORDERS)
+            lines = []
+            for r in stale:
+                have, value = r["have_qty"], r["have_value"]
+                missing = r["filled_qty"] - have
+                if missing > 1e-9:
+                    price = (r["filled_qty"] * (r["filled_avg_price"] or 0.0) - value) / missing
+                    await self.conn.execute(
+                        _INSERT_FILL,
+                        r["client_order_id"],
+                        r["algo_run_id"],
+                        r["batch_id"],
+                        r["symbol"],
+                        r["side"],
+                        missing,
+                        price,
+                        r["updated_at"],
+                    )
+                    lines.append(
+                        f"fill of {r['client_order_id']} ({r['side']} {missing:g} {r['symbol']} @ {price:.4f}) "
+                        "made while no consumer listened: recorded"
+                    )
+                else:
+                    lines.append(
+                        f"order {r['client_order_id']}: {r['status']} (as Alpaca reported it): recorded"
+                    )
+                await self.conn.execute(_SETTLE_ORDER, r["client_order_id"])
+        return lines
+
     async def close(self) -> None:
         async with self.lock:
             await self.conn.close()
 
 
 _TEXT = frozenset({"parent_id", "leg", "broker_id", "reason"})
+
+# Journaled orders whose `trades` rows or final state lag behind what Alpaca reported (the journal has it, settled
+# with Alpaca just before); only ever forward: an `orders` row already final is left as it is.
+_STALE_ORDERS = """
+SELECT b.client_order_id, b.status, b.filled_qty, b.filled_avg_price, b.updated_at,
+       o.algo_run_id, o.batch_id, o.symbol, o.side,
+       COALESCE(t.qty, 0) AS have_qty, COALESCE(t.value, 0) AS have_value
+FROM broker_orders b
+JOIN orders o ON o.client_order_id = b.client_order_id
+LEFT JOIN (SELECT client_order_id, sum(qty) AS qty, sum(qty * price) AS value FROM trades
+           WHERE client_order_id IN (SELECT client_order_id FROM broker_orders) GROUP BY client_order_id) t
+       ON t.client_order_id = b.client_order_id
+WHERE b.filled_qty > COALESCE(t.qty, 0) + 1e-9
+   OR (b.status IN ('filled', 'cancelled', 'expired', 'rejected', 'replaced')
+       AND o.status NOT IN ('filled', 'cancelled', 'expired', 'rejected', 'replaced'))
+ORDER BY b.created_at
+"""
+_INSERT_FILL = """INSERT INTO trades (client_order_id, algo_run_id, batch_id, symbol, side, qty, price, fee, filled_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8)"""
+_SETTLE_ORDER = """
+UPDATE orders o SET status = b.status, filled_qty = b.filled_qty, filled_avg_price = b.filled_avg_price,
+    reason = COALESCE(b.reason, o.reason), updated_at = b.updated_at,
+    history = o.history || jsonb_build_array(jsonb_build_object(
+        'status', b.status, 'ts', (extract(epoch FROM b.updated_at) * 1e9)::bigint, 'filled_qty', b.filled_qty,
+        'filled_avg_price', b.filled_avg_price, 'reason', COALESCE(b.reason, '')))
+FROM broker_orders b WHERE b.client_order_id = o.client_order_id AND o.client_order_id = $1
+"""
 
 
 def _values(row: Row) -> tuple[Any, ...]:

@@ -59,6 +59,7 @@ async def start_reconciled(gw: Gateway, setup: GatewaySetup) -> Reconciled:
     """Journal, positions and open orders matched; the gateway looks after the restored orders."""
     rows = await gw.journal.rows()
     await gw.settle_journal(rows)
+    missed = await gw.journal.record_missed()  # what Alpaca reported while no consumer could record it
     positions = await gw.call(gw.client.get_all_positions)
     open_orders = await gw.call(
         gw.client.get_orders, GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=500, nested=False)
@@ -67,6 +68,7 @@ async def start_reconciled(gw: Gateway, setup: GatewaySetup) -> Reconciled:
         rows, positions, open_orders, lambda s: shard_of(s, setup.consumers), set(setup.strategies)
     )
     gw.adopt(rec.orders, rec.broker_ids)
+    rec.lines[:0] = missed
     return rec
 
 
