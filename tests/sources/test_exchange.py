@@ -14,6 +14,7 @@ from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import msgpack
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,7 +23,7 @@ import requests
 from liu.clock import Clock, ClockSpec
 from liu.sources import protocol as P
 from liu.sources.exchange.calendar import MarketCalendar
-from liu.sources.exchange.history import MINUTE_NS, NS, Timeframe, resample
+from liu.sources.exchange.history import LIVE_MINUTES, MINUTE_NS, NS, LiveBook, Timeframe, resample
 from liu.sources.exchange.local import LocalExchange
 from liu.sources.replay import ReplayFeed
 from liu.sources.server import MarketDataServer
@@ -563,3 +564,16 @@ def test_trader_exchange_prints_urls_and_a_local_key_and_serves(tmp_path):
         out, _ = proc.communicate(timeout=30)
         assert proc.returncode == 0
         assert "real-alpaca-secret-do-not-print" not in out
+
+
+def test_the_live_book_keeps_a_day_of_minutes_per_symbol() -> None:
+    book = LiveBook()
+    t0 = 1_700_000_040 * NS - (1_700_000_040 * NS) % MINUTE_NS
+    n = LIVE_MINUTES + 30
+    for k in range(n):  # one print a minute; each new minute closes the one before
+        ts = msgpack.Timestamp.from_unix_nano(t0 + k * MINUTE_NS)
+        book.record([{"T": "t", "S": "AAA", "p": 100.0 + k, "s": 1, "t": ts}])
+    bars = book.minute_bars("AAA", 0, t0 + n * MINUTE_NS)
+    assert len(bars.t) == LIVE_MINUTES + 1  # the last day's closed minutes, and the open one
+    assert bars.t[0] == t0 + (n - 1 - LIVE_MINUTES) * MINUTE_NS and bars.t[-1] == t0 + (n - 1) * MINUTE_NS
+    assert bars.c[0] == 100.0 + n - 1 - LIVE_MINUTES  # each kept bar is its own minute's

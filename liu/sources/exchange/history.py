@@ -14,6 +14,7 @@ Alpaca timeframe. Sources:
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import threading
@@ -25,6 +26,7 @@ import numpy as np
 
 NS = 1_000_000_000
 MINUTE_NS = 60 * NS
+LIVE_MINUTES = 1440  # minute bars per symbol the live book keeps: a day (its memory must not grow)
 ADJUSTMENTS = ("raw", "split", "dividend", "all")
 
 
@@ -230,7 +232,9 @@ class LiveBook:
         self.last_trade: dict[str, dict] = {}
         self.last_quote: dict[str, dict] = {}
         self._open: dict[str, list] = {}  # symbol → [t0, o, h, l, c, v, n, pv] of the current minute
-        self._done: dict[str, list[list]] = {}  # symbol → completed minutes, oldest first
+        # symbol → completed minutes, oldest first: the last LIVE_MINUTES only, so a long session's server
+        # does not grow (an older gap has no live bars here to back-fill from)
+        self._done: dict[str, collections.deque[list]] = {}
 
     def record(self, msgs: list[dict]) -> None:
         """Take in one frame of streamed messages; malformed ones are skipped."""
@@ -259,7 +263,10 @@ class LiveBook:
             cur = open_.get(sym)
             if cur is None or t0 > cur[0]:
                 if cur is not None:
-                    self._done.setdefault(sym, []).append(cur)
+                    done = self._done.get(sym)
+                    if done is None:
+                        done = self._done[sym] = collections.deque(maxlen=LIVE_MINUTES)
+                    done.append(cur)
                 open_[sym] = [t0, p, p, p, p, s, 1, ps]
                 continue
             # same minute (or a late print from an earlier one): it updates the open minute
