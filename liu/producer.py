@@ -124,11 +124,9 @@ class Producer:
             }
         if resumed_from is not None:  # a restart: the first connect is a reconnect (gap, back-fill)
             for link in self.links.values():
-                link.down_since, link.down_wall, link.cause = (
-                    time.monotonic(),
-                    resumed_from,
-                    "producer restarted",
-                )
+                link.down_since = time.monotonic()
+                link.down_wall = resumed_from
+                link.cause = "producer restarted"
         self.symbols: dict[str, int] = {}  # subscribed symbol → consumer
         self._shard_cache: dict[str, int] = {}
         self._stopping: Stop | None = None
@@ -205,10 +203,9 @@ class Producer:
         What was routed to it while it was down is counted as sent and never received: the daemon reports
         it as lost."""
         self.writers[i].close()
-        a = self._a  # the dead consumer's last counts are still in its slot; its successor starts from them
-        a[self.stats.consumer_index(i, "lost")] = (
-            a[self._i_sent[i]] - a[self.stats.consumer_index(i, "received")]
-        )
+        # The dead consumer's last counts are still in its slot (its successor starts from them).
+        lost, received = self.stats.consumer_index(i, "lost"), self.stats.consumer_index(i, "received")
+        self._a[lost] = self._a[self._i_sent[i]] - self._a[received]
         writer.on_backlog = lambda size, k=self._i_backlog[i]: self._a.__setitem__(k, size)
         self.writers[i] = writer
         if self._start is not None:
