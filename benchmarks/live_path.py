@@ -4,8 +4,8 @@ Reproduce:  .venv/bin/python benchmarks/live_path.py [--json PATH] [--consumers 
                 [--seconds 3] [--rates 50k,100k,...] [--baseline-rates ...] [--no-cold-start] [--profile]
                 [--strategy plain|ml|both] [--speed N] [--tries N] [--source sim|alpaca|both]
 
-Processes are wired exactly as liu/daemon.py does (forkserver context, one Pipe(duplex=False) per
-consumer, Subscribe(Assign(all symbols)), wait for Subscribed, Start(ClockSpec) to the producer,
+Processes are wired exactly as liu/daemon.py does (forkserver context, one Pipe(duplex=False) channel and
+one duplex result pipe per consumer, Subscribe(Assign(all symbols)), wait for Subscribed, Start(ClockSpec) to the producer,
 ("start", spec) to the server, Stop at the end, ConsumerReports back). The server is liu's
 MarketDataServer with a pre-encoded SimFeed (trades only, 200 per frame); its rate is changed per step.
 
@@ -193,7 +193,7 @@ class Pipeline:
         )
         self.consumers, self.results, chans = [], [], []
         for i in range(consumers):
-            res_r, res_w = ctx.Pipe(duplex=False)
+            res_r, res_w = ctx.Pipe()  # duplex, as the daemon's: the consumer listens on it
             setup = BenchSetup(
                 i,
                 self.plan,

@@ -249,7 +249,8 @@ def consumer_main(setup: ConsumerSetup, channel: Connection, results: Connection
 
             consumer.watcher = ModelWatcher(scorer, models, setup.dsn)
             await consumer.watcher.start()
-        consumer.listen(results)  # a restarted producer's channel, or the main process's own stop
+        if results.readable:  # the daemon's duplex pipe: a restarted producer's channel, or its own stop
+            consumer.listen(results)
         reader = ChannelReader(channel, consumer.on_frame, consumer.on_eof)
         try:
             await consumer.run(reader)
