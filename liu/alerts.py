@@ -13,7 +13,7 @@ logging queue of `liu.logs`, so most kinds come from there; the rest it reads it
 | rejection  | an order rejected (broker or risk rule)   | the consumers' "order … rejected: …" warning        |
 | risk       | a risk breach, a halt, a resume, a flatten| liu.risk/flatten warnings; the account's halt flag (`SessionWatch`) |
 | connection | market data lost / reconnected            | the producer's connection warnings                  |
-| consumer   | a consumer died or was restarted          | "consumer N died/restarted" log lines               |
+| consumer   | a consumer or the producer died or was restarted, the gateway died | the daemon's supervision lines ("consumer N died", "producer restarted", …) |
 | database   | writes failing, and working again         | warnings and errors of liu.store (the writers)      |
 | strategy   | a strategy or scanner raised              | the runner's and scanner's error lines              |
 | error      | any other error the session logs          | every other ERROR record                            |
@@ -101,7 +101,11 @@ RULES: tuple[Rule, ...] = (
     Rule("risk", "liu.orders", r"^flatten"),
     Rule("connection", "liu.producer", r"connect"),
     Rule("connection", "liu.sources", r"connect"),
-    Rule("consumer", "liu", r"\bconsumer \d+\b.*\b(died|restart\w*|respawn\w*|did not finish)"),
+    Rule(
+        "consumer",
+        "liu",
+        r"\b(consumer \d+|producer|gateway)\b.*\b(died|restart\w*|respawn\w*|did not finish)",
+    ),
     Rule("database", "liu.store"),
     Rule("strategy", "liu.runner", r"^strategy .* raised", logging.ERROR),
     Rule("strategy", "liu.scanner", r"raised"),

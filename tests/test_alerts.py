@@ -76,6 +76,13 @@ W, E = logging.WARNING, logging.ERROR
             None,
         ),
         (rec("liu.daemon", E, "consumer %d died (exit code %s); the session ends", 1, -9), "consumer", None),
+        (rec("liu.daemon", W, "consumer %d restarted (pid %d) after %.1fs", 1, 4242, 0.5), "consumer", None),
+        (rec("liu.daemon", W, "producer restarted (pid %d) after %.1fs", 4242, 0.6), "consumer", None),
+        (
+            rec("liu.daemon", E, "the Alpaca gateway died (exit code %s); trading halted", -9),
+            "consumer",
+            None,
+        ),
         (
             rec(
                 "liu.store.writer",
