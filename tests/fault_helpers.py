@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 import psutil
 
-from tests.helpers import alive, kill_tree, trader_command
+from tests.helpers import alive, eventually, kill_tree, trader_command
 
 CHURN = '''
 from liu.strategy import Strategy
@@ -239,7 +239,6 @@ def start_exchange(
     needs to read it for it to go on); returned once its banner's "Ctrl-C" line is out. Fails with its output
     when it exits or says nothing by the deadline; the caller kills it (`kill_tree`, also on failure)."""
     import sys
-    import time
 
     log = cwd / f"{tag}.out"
     with open(log, "w") as out:
@@ -251,15 +250,16 @@ def start_exchange(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    end = time.monotonic() + timeout
-    while "Ctrl-C" not in log.read_text():
-        if proc.poll() is not None or time.monotonic() >= end:
-            kill_tree(proc.pid)
-            proc.wait()
-            raise AssertionError(
-                f"trader exchange {' '.join(args)} did not start (exit code {proc.returncode}):\n{log.read_text()}"
-            )
-        time.sleep(0.05)
+    try:  # its "Ctrl-C to stop" line says it serves; an exit says it never will
+        eventually(lambda: proc.poll() is not None or "Ctrl-C" in log.read_text(), timeout, "trader exchange")
+    except AssertionError:
+        pass
+    if proc.poll() is not None or "Ctrl-C" not in log.read_text():
+        kill_tree(proc.pid)
+        proc.wait()
+        raise AssertionError(
+            f"trader exchange {' '.join(args)} did not start (exit code {proc.returncode}):\n{log.read_text()}"
+        )
     return proc
 
 

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import threading
-import time
 import uuid
 from collections.abc import Callable
 
@@ -34,7 +33,7 @@ from alpaca.trading.stream import TradingStream
 
 from liu.sources.exchange.local import LocalExchange
 from liu.sources.sim import SimFeed
-from tests.helpers import exchange_cli
+from tests.helpers import eventually, exchange_cli
 
 KEY, SECRET = "trade-key", "trade-s3cret-value"
 SYMBOLS = ["AAA", "BBB", "CCC", "DDD", "BTC/USD"]
@@ -42,14 +41,8 @@ DEADLINE = 20.0
 
 
 def until(pred: Callable[[], object], what: str, timeout: float = DEADLINE) -> object:
-    """Wait for `pred()` to be truthy (checked every 10 ms); fail naming `what` at the deadline."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    """`eventually` with this file's deadline: the exchange's REST state only shows by asking."""
+    return eventually(pred, timeout, what)
 
 
 class Updates:
