@@ -202,7 +202,7 @@ def create_app(tokens: Tokens, cookie: str, dsn: str | None, live: Live | None =
             answer = await asyncio.to_thread(send_command, live.control, cmd, timeout=CONTROL_TIMEOUT, **args)
         except ControlError as e:
             answer = {"ok": False, "message": str(e)}
-        live.hub.poke()
+        await live.hub.fresh()
         return JSONResponse(answer, headers=_NO_STORE)
 
     @app.get("/metrics")

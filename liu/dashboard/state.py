@@ -82,6 +82,8 @@ class Hub:
         self.version = 0
         self._changed = asyncio.Condition()
         self._poke = asyncio.Event()
+        self._asked = 0  # fresh snapshots asked for (by actions)
+        self._done = 0  # of those, how many a finished tick has covered
         self._last: tuple[float, list[int], int] | None = None
         self._clock_shown: tuple[str | None, float] = (None, 0.0)  # market time and elapsed, kept at the end
 
@@ -89,10 +91,14 @@ class Hub:
         """Tick until cancelled."""
         try:
             while True:
+                covers = self._asked
                 try:
                     await self.tick()
                 except Exception:  # the page shows stale figures rather than none
                     log.exception("dashboard: building the live snapshot failed")
+                async with self._changed:
+                    self._done = covers
+                    self._changed.notify_all()
                 try:
                     await asyncio.wait_for(self._poke.wait(), self.period)
                 except TimeoutError:
@@ -102,9 +108,17 @@ class Hub:
             if self.rows is not None:
                 await self.rows.close()
 
-    def poke(self) -> None:
-        """Tick now (after an action, so its effect shows at once)."""
+    async def fresh(self, timeout: float = 5.0) -> None:
+        """Tick now and wait for a snapshot begun after this call, so that an action's answer and the
+        figures the page reads next agree (a tick already under way may predate the action)."""
+        self._asked += 1
+        ask = self._asked
         self._poke.set()
+        async with self._changed:
+            try:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self._done >= ask), timeout)
+            except TimeoutError:
+                log.warning("dashboard: no fresh snapshot within %.0f s after an action", timeout)
 
     async def next(self, seen: int, timeout: float = 15.0) -> int:
         """Wait until a snapshot newer than `seen` exists (or `timeout`); return the current version."""

@@ -90,9 +90,14 @@ async def test_buttons_go_through_the_control_channel_and_show_its_answer(live: 
     assert flat["ok"] and live.account.flatten_generation == 1
     resumed = await asyncio.to_thread(act, {"cmd": "resume"})
     assert resumed["ok"] and live.account.halted == HALT_NONE
-    # The page's figures follow at once (the action pokes the snapshot).
+    # The page's figures follow at once (the action waits for a snapshot begun after it), every time.
     state = await asyncio.to_thread(lambda: _get(live, "/api/state").json())
     assert state["account"]["flatten_generation"] == 1 and not state["account"]["halted"]
+    for _ in range(10):
+        for cmd, halted in (("halt", True), ("resume", False)):
+            assert (await asyncio.to_thread(act, {"cmd": cmd}))["ok"]
+            state = await asyncio.to_thread(lambda: _get(live, "/api/state").json())
+            assert bool(state["account"]["halted"]) is halted, (cmd, state["account"])
     # This control server has no cancel route (the daemon's does: liu.cancel); its answer is shown as is.
     cancel = await asyncio.to_thread(act, {"cmd": "cancel", "client_order_id": "x-0-1"})
     assert not cancel["ok"] and "not supported" in cancel["message"]
