@@ -27,6 +27,10 @@ from liu.shard import shard_of
 
 REPO = Path(__file__).resolve().parent.parent
 
+# A paper order's id is `<batch[:8]>-<consumer>-<seq>`: within one consumer, seq is the order in which its
+# strategies placed orders. Data time cannot order them: a minute's bars of every symbol share one time.
+ORDER_SEQ = "split_part(client_order_id, '-', 3)::bigint"
+
 # -------------------------------------------------------------------------------------- waiting
 
 

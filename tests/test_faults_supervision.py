@@ -30,7 +30,7 @@ from tests.fault_helpers import (
     start_trader,
     wait_trader,
 )
-from tests.helpers import eventually
+from tests.helpers import ORDER_SEQ, eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.db]
 
@@ -159,21 +159,24 @@ def test_past_the_restart_limit_trading_halts_and_the_session_goes_on(tmp_path: 
     pg = EmbeddedPostgres.start(tmp_path / ".liu" / "pgdata")
     try:
         batch = summary["batch_id"]
-        # Halted: consumer 0 goes on trading its symbols, and every buy it tries is refused. Data time only
-        # moves forward in one consumer, so no buy submitted after the first refusal may have filled.
+        # Halted: consumer 0 goes on trading its symbols, and every buy it tries is refused. So no buy it
+        # placed after its first refusal may have filled (its order ids number its orders as placed).
+        own = f"{batch[:8]}-0-%"
         first, refused = fetch(
             pg.dsn,
-            "SELECT min(submitted_at), count(*) FROM orders WHERE batch_id = $1 AND status = 'rejected' "
-            "AND reason LIKE $2",
+            f"SELECT min({ORDER_SEQ}), count(*) FROM orders WHERE batch_id = $1 AND status = 'rejected' "
+            "AND reason LIKE $2 AND client_order_id LIKE $3",
             batch,
             "risk halted%",
+            own,
         )[0]
         assert refused >= 10  # on event after event: the session went on
         after = fetch(
             pg.dsn,
             "SELECT o.side, count(t.id) AS fills FROM orders o LEFT JOIN trades t USING (client_order_id) "
-            "WHERE o.batch_id = $1 AND o.submitted_at >= $2 GROUP BY o.side",
+            f"WHERE o.batch_id = $1 AND client_order_id LIKE $2 AND {ORDER_SEQ} >= $3 GROUP BY o.side",
             batch,
+            own,
             first,
         )
         fills = {r["side"]: r["fills"] for r in after}

@@ -34,7 +34,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from liu.commands import CANCEL_REASON
 from liu.stats import RUNNER_COUNTERS
-from tests.helpers import STRATEGY, eventually, kill_tree, trader_command
+from tests.helpers import ORDER_SEQ, STRATEGY, eventually, kill_tree, trader_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.db]
 
@@ -270,18 +270,18 @@ def test_halt_button_stops_new_entries(run: Run) -> None:
 
     def refused() -> list:
         return run.rows(
-            "SELECT client_order_id, submitted_at FROM orders WHERE batch_id = $1 AND status = 'rejected' "
-            "AND reason LIKE $2 ORDER BY submitted_at",
+            f"SELECT {ORDER_SEQ} AS seq FROM orders WHERE batch_id = $1 AND status = 'rejected' "
+            "AND reason LIKE $2 ORDER BY seq",
             run.batch_id,
             HALT_REASON + "%",
         )
 
     found = run.wait(lambda d: len(rows := refused()) >= 3 and rows, "three entries refused for the halt", 90)
-    first_refusal = found[0]["submitted_at"]
-    # One consumer: data time only moves forward there, so every entry submitted from the first refusal on
+    first_refusal = found[0]["seq"]
+    # One consumer, whose order ids number its orders as placed: every entry placed from the first refusal on
     # was checked after the halt. None of them may open or grow a position (legs protect what is held).
     fills = run.rows(
-        "SELECT t.symbol, t.side, t.qty, o.submitted_at, o.parent_id FROM trades t "
+        f"SELECT t.symbol, t.side, t.qty, {ORDER_SEQ} AS seq, o.parent_id FROM trades t "
         "JOIN orders o USING (client_order_id) WHERE t.batch_id = $1 ORDER BY t.filled_at, t.id",
         run.batch_id,
     )
@@ -292,7 +292,7 @@ def test_halt_button_stops_new_entries(run: Run) -> None:
         after = before + (f["qty"] if f["side"] == "buy" else -f["qty"])
         held[f["symbol"]] = after
         if abs(after) > abs(before) + 1e-9 and f["parent_id"] is None:
-            if f["submitted_at"] < first_refusal:
+            if f["seq"] < first_refusal:
                 opening_before += 1
             else:
                 opening_after += 1
