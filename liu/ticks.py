@@ -64,7 +64,7 @@ _LO, _HI, _BLOCK, _STREAK, _CAND, _BAR, _N_BAND, _N_COND, _N_BARS, _N_MOVED = ra
 class TickFilter:
     """Drops bad trade prints and repairs bad bars, per symbol; see the module docstring."""
 
-    __slots__ = ("band_pct", "window", "confirm", "conditions", "_band", "_state")
+    __slots__ = ("band_pct", "window", "confirm", "conditions", "_band", "_inner", "_state")
 
     def __init__(
         self, band_pct: float | None = None, window: int = 20, confirm: int = 3, conditions: bool = True
@@ -78,6 +78,8 @@ class TickFilter:
             raise ValueError(f"window={window} and confirm={confirm} must be >= 1")
         self.band_pct, self.window, self.confirm, self.conditions = band_pct, window, confirm, conditions
         self._band = None if band_pct is None else band_pct / 100.0
+        narrowest = self._band if self._band is not None else erroneous_band(float("inf"))
+        self._inner = (1.0 - narrowest, 1.0 + narrowest)
         self._state: dict[str, list] = {}
 
     def check(self, symbol: str, price: float, kind: int = TRADE) -> bool:
@@ -101,14 +103,19 @@ class TickFilter:
 
     def check_bar(self, ev: tuple) -> tuple:
         """A BAR wire tuple as it should be used: itself, or with a bad open/high/low cut back."""
-        symbol, o, h, lo, c = ev[1], ev[3], ev[4], ev[5], ev[6]
+        symbol, c = ev[1], ev[6]
         s = self._state.get(symbol)
         if s is None:
             s = self._state[symbol] = self._new()
-        prev, s[_BAR] = s[_BAR], c
+        prev, s[5] = s[5], c  # s[_BAR], spelled as a literal on this path
         if not (prev > 0.0 and c > 0.0):
             return ev
         a, b = (prev, c) if prev <= c else (c, prev)
+        # The common case without computing the band: inside the narrowest band the price tiers allow
+        # (3 %, or the fixed band), so inside the price's own band too.
+        floor, ceiling, o, h, lo = a * self._inner[0], b * self._inner[1], ev[3], ev[4], ev[5]
+        if floor <= lo and h <= ceiling and floor <= o <= ceiling:
+            return ev
         floor, ceiling = a - self._width(a), b + self._width(b)
         if floor <= lo and h <= ceiling and floor <= o <= ceiling:
             return ev

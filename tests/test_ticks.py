@@ -112,6 +112,20 @@ def test_a_bars_bad_open_is_cut_back_to_its_close():
     assert f.report()["AAPL"] == {"band": 0, "conditions": 0, "bars": 1, "moved": 0}
 
 
+def test_bars_are_cut_at_their_price_tier_and_at_a_set_band():
+    """Cheap stocks get the wide tiers (10 % up to $25, 5 % up to $50), others 3 %; a set band is used as is."""
+    for price, tier in ((20.0, 0.10), (40.0, 0.05), (100.0, 0.03)):
+        for band_pct, width in ((None, tier), (1.0, 0.01)):
+            f = TickFilter(band_pct=band_pct)
+            f.check_bar((BAR, "A", T0, price, price, price, price, 1.0, 0))
+            inside = (BAR, "A", T0 + MIN, price, price, price * (1 - 0.98 * width), price, 1.0, 0)
+            assert f.check_bar(inside) is inside, (price, band_pct)
+            low = price * (1 - 1.02 * width)
+            cut = f.check_bar((BAR, "A", T0 + 2 * MIN, price, price, low, price, 1.0, 0))
+            assert cut[5] == price, (price, band_pct)  # the low cut back to the bar's own open and close
+            assert f.report()["A"]["bars"] == 1
+
+
 def test_a_split_moves_the_references_with_the_prices():
     f = TickFilter()
     assert _feed(f, "A", [700.0, 701.0])
