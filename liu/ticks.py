@@ -55,16 +55,17 @@ def erroneous_band(price: float) -> float:
     return 0.10 if price <= 25.0 else (0.05 if price <= 50.0 else 0.03)
 
 
-# Per-symbol state, a list for speed (`check` spells the first four as literals on its fast path):
-# [band low, band high, block of accepted prints, streak outside, candidate level, last bar close,
-#  prints dropped outside the band, prints dropped by conditions, bars repaired, reference moves]
-_LO, _HI, _BLOCK, _STREAK, _CAND, _BAR, _N_BAND, _N_COND, _N_BARS, _N_MOVED = range(10)
+# Per-symbol state of trade prints, a list for speed (`check` spells the first four as literals on its fast
+# path): [band low, band high, block of accepted prints, streak outside, candidate level,
+#  prints dropped outside the band, prints dropped by conditions, bars repaired, reference moves].
+# The last bar close per symbol, all that bars need on their common path, is a dict of its own.
+_LO, _HI, _BLOCK, _STREAK, _CAND, _N_BAND, _N_COND, _N_BARS, _N_MOVED = range(9)
 
 
 class TickFilter:
     """Drops bad trade prints and repairs bad bars, per symbol; see the module docstring."""
 
-    __slots__ = ("band_pct", "window", "confirm", "conditions", "_band", "_inner", "_state")
+    __slots__ = ("band_pct", "window", "confirm", "conditions", "_band", "_inner", "_state", "_closes")
 
     def __init__(
         self, band_pct: float | None = None, window: int = 20, confirm: int = 3, conditions: bool = True
@@ -81,6 +82,7 @@ class TickFilter:
         narrowest = self._band if self._band is not None else erroneous_band(float("inf"))
         self._inner = (1.0 - narrowest, 1.0 + narrowest)
         self._state: dict[str, list] = {}
+        self._closes: dict[str, float] = {}  # the last bar close per symbol
 
     def check(self, symbol: str, price: float, kind: int = TRADE) -> bool:
         """True to keep the trade print; False drops it (and counts it)."""
@@ -103,22 +105,29 @@ class TickFilter:
 
     def check_bar(self, ev: tuple) -> tuple:
         """A BAR wire tuple as it should be used: itself, or with a bad open/high/low cut back."""
-        symbol, c = ev[1], ev[6]
-        s = self._state.get(symbol)
-        if s is None:
-            s = self._state[symbol] = self._new()
-        prev, s[5] = s[5], c  # s[_BAR], spelled as a literal on this path
+        closes, symbol, c = self._closes, ev[1], ev[6]
+        prev = closes.get(symbol, 0.0)
+        closes[symbol] = c
         if not (prev > 0.0 and c > 0.0):
             return ev
-        a, b = (prev, c) if prev <= c else (c, prev)
         # The common case without computing the band: inside the narrowest band the price tiers allow
         # (3 %, or the fixed band), so inside the price's own band too.
-        floor, ceiling, o, h, lo = a * self._inner[0], b * self._inner[1], ev[3], ev[4], ev[5]
+        down, up = self._inner
+        floor, ceiling = (prev * down, c * up) if prev <= c else (c * down, prev * up)
+        o, h, lo = ev[3], ev[4], ev[5]
         if floor <= lo and h <= ceiling and floor <= o <= ceiling:
             return ev
+        return self._repair_bar(ev, prev)
+
+    def _repair_bar(self, ev: tuple, prev: float) -> tuple:
+        symbol, o, h, lo, c = ev[1], ev[3], ev[4], ev[5], ev[6]
+        a, b = (prev, c) if prev <= c else (c, prev)
         floor, ceiling = a - self._width(a), b + self._width(b)
         if floor <= lo and h <= ceiling and floor <= o <= ceiling:
             return ev
+        s = self._state.get(symbol)
+        if s is None:
+            s = self._state[symbol] = self._new()
         s[_N_BARS] += 1
         o = o if floor <= o <= ceiling else c
         h = h if h <= ceiling else max(o, c)
@@ -127,7 +136,7 @@ class TickFilter:
 
     @staticmethod
     def _new() -> list:
-        return [0.0, -1.0, [], 0, 0.0, 0.0, 0, 0, 0, 0]  # no reference yet: low > high
+        return [0.0, -1.0, [], 0, 0.0, 0, 0, 0, 0]  # no reference yet: low > high
 
     def _outside(self, s: list, price: float) -> bool:
         if not price > 0.0:  # zero, negative or NaN: never a price
@@ -167,6 +176,8 @@ class TickFilter:
 
     def adjust(self, symbol: str, factor: float) -> None:
         """Prices of `symbol` change basis (a split replayed raw): its references move with them."""
+        if symbol in self._closes:
+            self._closes[symbol] *= factor
         s = self._state.get(symbol)
         if s is None:
             return
@@ -174,7 +185,6 @@ class TickFilter:
             s[_LO] *= factor
             s[_HI] *= factor
         s[_CAND] *= factor
-        s[_BAR] *= factor
         s[_BLOCK] = [p * factor for p in s[_BLOCK]]
 
     def report(self) -> dict[str, dict[str, int]]:
